@@ -1,0 +1,191 @@
+"""Attaching erasures to a model and switching the active set, exactly and cheaply.
+
+Each edited Linear module gets one forward hook (registered once, named by `HOOK_ATTR`) that adds the active
+erasures' low-rank deltas to its output: y = W x + b + sum_i s_i B_i A_i x. Nothing is merged into the base weights,
+so detaching — or activating the empty set — gives bit-identical outputs, switching sets is a pointer change, and
+sets compose by addition (the same semantics as stacked peft LoRA adapters). Deltas of one set that touch the same
+module are concatenated once per set, so a set costs two small matmuls per module whatever its size.
+
+One `AdapterHost` per model. It is not thread-safe on its own: callers activate a set and run the model under one
+lock per pipeline (see the service's adapter manager).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from erasure_core.artifacts import ErasureArtifact, LowRankDelta
+from erasure_core.errors import AdapterNotFoundError, IncompatibleAdapterError, NoMatchingModuleError
+
+logger = logging.getLogger(__name__)
+
+HOOK_ATTR = "_erasure_adapter_host"
+_FUSED_CACHE_SIZE = 64
+
+
+class _ModuleSlot:
+    """The forward hook of one module: adds the fused delta of the active set."""
+
+    def __init__(self, module: nn.Linear) -> None:
+        self.module = module
+        self.A: torch.Tensor | None = None  # [sum r, in]
+        self.B: torch.Tensor | None = None  # [out, sum r], scales folded in
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        if self.A is None or self.B is None:
+            return output
+        x = inputs[0]
+        return output + F.linear(F.linear(x, self.A), self.B)
+
+
+def layer_hash(model: nn.Module, module_names: Iterable[str]) -> str:
+    """sha256 over the named modules' weights: identifies the base model an erasure was computed for."""
+    digest = hashlib.sha256()
+    for name in sorted(module_names):
+        module = get_linear(model, name)
+        digest.update(name.encode())
+        digest.update(str(tuple(module.weight.shape)).encode())
+        digest.update(module.weight.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def get_linear(model: nn.Module, name: str) -> nn.Linear:
+    try:
+        module = model.get_submodule(name)
+    except AttributeError as e:
+        raise NoMatchingModuleError(f"the model has no module {name!r}") from e
+    if not isinstance(module, nn.Linear):
+        raise NoMatchingModuleError(f"module {name!r} is a {type(module).__name__}, expected a Linear layer")
+    return module
+
+
+class AdapterHost:
+    """Named erasures attached to one model, and the set currently active.
+
+    Example:
+        >>> host = AdapterHost.for_model(pipe.transformer)
+        >>> host.attach("circle", artifact)
+        >>> host.activate(["circle"])      # generate without circles
+        >>> host.activate([])              # the base model again, bit-identical
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._slots: dict[str, _ModuleSlot] = {}
+        self._attached: dict[str, dict[str, LowRankDelta]] = {}
+        self._active: tuple[str, ...] = ()
+        self._fused: OrderedDict[tuple[str, ...], dict[str, tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> AdapterHost:
+        """The model's host, created on first use."""
+        host = getattr(model, HOOK_ATTR, None)
+        if host is None:
+            host = cls(model)
+            object.__setattr__(model, HOOK_ATTR, host)  # plain attribute, not a registered submodule
+        return host
+
+    @property
+    def attached(self) -> tuple[str, ...]:
+        return tuple(self._attached)
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        return self._active
+
+    def _prepare(self, name: str, artifact: ErasureArtifact) -> dict[str, LowRankDelta]:
+        prepared = {}
+        for module_name, delta in artifact.deltas.items():
+            module = get_linear(self.model, module_name)
+            out_f, in_f = module.weight.shape
+            if delta.A.shape[1] != in_f or delta.B.shape[0] != out_f:
+                raise IncompatibleAdapterError(
+                    f"erasure {name!r}: module {module_name!r} is {out_f}x{in_f} but the delta is "
+                    f"{delta.B.shape[0]}x{delta.A.shape[1]}"
+                )
+            like = module.weight
+            prepared[module_name] = LowRankDelta(
+                delta.A.to(device=like.device, dtype=like.dtype), delta.B.to(device=like.device, dtype=like.dtype),
+                delta.scale,
+            )
+        return prepared
+
+    def attach(self, name: str, artifact: ErasureArtifact, expected_hash: str | None = None) -> bool:
+        """Attaches an erasure under `name` (inactive). Returns False when that name is already attached.
+
+        Raises:
+            IncompatibleAdapterError: `expected_hash` differs from the artifact's base layer hash, or shapes differ.
+        """
+        if name in self._attached:
+            return False
+        base = artifact.metadata.get("base_model", {})
+        if expected_hash is not None and base.get("layer_hash") != expected_hash:
+            raise IncompatibleAdapterError(
+                f"erasure {name!r} was computed for another base model (layer hash {base.get('layer_hash')!r})"
+            )
+        prepared = self._prepare(name, artifact)
+        for module_name in prepared:
+            if module_name not in self._slots:
+                self._slots[module_name] = _ModuleSlot(get_linear(self.model, module_name))
+        self._attached[name] = prepared
+        return True
+
+    def detach(self, name: str) -> bool:
+        """Detaches an erasure; if it was active, the active set loses it. Returns False if it was not attached."""
+        if name not in self._attached:
+            return False
+        if name in self._active:
+            self.activate([n for n in self._active if n != name])
+        del self._attached[name]
+        for key in [k for k in self._fused if name in k]:
+            del self._fused[key]
+        return True
+
+    def _fuse(self, names: tuple[str, ...]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        cached = self._fused.get(names)
+        if cached is not None:
+            self._fused.move_to_end(names)
+            return cached
+        per_module: dict[str, list[LowRankDelta]] = {}
+        for n in names:
+            for module_name, delta in self._attached[n].items():
+                per_module.setdefault(module_name, []).append(delta)
+        fused = {
+            m: (torch.cat([d.A for d in ds]), torch.cat([d.B * d.scale for d in ds], dim=1))
+            for m, ds in per_module.items()
+        }
+        self._fused[names] = fused
+        if len(self._fused) > _FUSED_CACHE_SIZE:
+            self._fused.popitem(last=False)
+        return fused
+
+    def activate(self, names: Sequence[str]) -> None:
+        """Makes exactly `names` active (order-insensitive; duplicates ignored); `[]` restores the base model."""
+        key = tuple(sorted(set(names)))
+        missing = [n for n in key if n not in self._attached]
+        if missing:
+            raise AdapterNotFoundError(f"erasures not attached: {missing}")
+        fused = self._fuse(key) if key else {}
+        for module_name, slot in self._slots.items():
+            slot.A, slot.B = fused.get(module_name, (None, None))
+        self._active = key
+
+    def close(self) -> None:
+        """Removes every hook: the model is exactly as before the first attach."""
+        for slot in self._slots.values():
+            slot.handle.remove()
+        self._slots.clear()
+        self._attached.clear()
+        self._fused.clear()
+        self._active = ()
+        if getattr(self.model, HOOK_ATTR, None) is self:
+            object.__delattr__(self.model, HOOK_ATTR)

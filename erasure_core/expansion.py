@@ -1,0 +1,138 @@
+"""Concept expansion: turning one concept into the phrasings an erasure must cover.
+
+Three sources, in order: (a) synonyms the caller gives; (b) neighbours mined offline from the model's own text
+encoder — vocabulary entries whose input embeddings lie nearest the concept, re-ranked by the similarity of their
+encoded prompts; (c) optionally an LLM behind an OpenAI-compatible chat endpoint (off unless a URL is configured).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from erasure_core.errors import ExpansionError
+
+logger = logging.getLogger(__name__)
+
+_STOPWORDS = frozenset(
+    "a an the of and or in on at to for with by from as is are was were be this that these those it its one two "
+    "some any all no not very more most other such into over under up down out off".split()
+)
+_WORD = re.compile(r"^[a-z][a-z-]{2,}$")
+
+
+@dataclass(frozen=True)
+class LLMEndpoint:
+    """An OpenAI-compatible chat-completions endpoint used for expansion."""
+
+    url: str
+    model: str = "gpt-4o-mini"
+    api_key: str | None = None
+    timeout_s: float = 20.0
+    max_items: int = 8
+
+
+def _vocab_words(tokenizer: Any) -> tuple[list[str], list[int]]:
+    """Whole-word vocabulary entries (BERT "##" pieces and SentencePiece non-initial pieces dropped)."""
+    words, ids = [], []
+    for token, idx in tokenizer.get_vocab().items():
+        word = token[1:] if token.startswith("\u2581") else token
+        if token.startswith("##") or not _WORD.match(word) or word in _STOPWORDS:
+            continue
+        words.append(word)
+        ids.append(idx)
+    return words, ids
+
+
+@torch.no_grad()
+def mine_neighbours(pipe: Any, family: Any, concept: str, k: int = 6, candidates: int = 48) -> list[str]:
+    """The `k` vocabulary words nearest `concept` in the model's own text encoder.
+
+    Stage 1 ranks whole-word vocabulary entries by cosine similarity of input embeddings to the concept's (mean
+    over its word pieces); stage 2 re-ranks the best `candidates` by the similarity of the encoded prompts
+    "a photo of a {word}" in every text space the family declares.
+    """
+    tokenizer, encoder = pipe.tokenizer_2, pipe.text_encoder_2
+    table = encoder.get_input_embeddings().weight.detach().float().cpu()
+    piece_ids = tokenizer(concept, add_special_tokens=False).input_ids
+    if not piece_ids:
+        return []
+    query = table[piece_ids].mean(0, keepdim=True)
+    words, ids = _vocab_words(tokenizer)
+    sims = F.cosine_similarity(table[ids], query)
+    concept_words = set(concept.lower().split())
+    order = [i for i in sims.argsort(descending=True).tolist() if words[i] not in concept_words]
+    shortlist = [words[i] for i in order[:candidates]]
+    if not shortlist:
+        return []
+    encoded = family.encode(pipe, [f"a photo of a {w}" for w in [concept, *shortlist]])
+    score = torch.zeros(len(shortlist))
+    for states in encoded.values():
+        flat = states.reshape(states.shape[0], -1)
+        flat = flat - flat.mean(0, keepdim=True)  # the shared template part says nothing about the word
+        score += F.cosine_similarity(flat[1:], flat[:1])
+    ranked = [shortlist[i] for i in score.argsort(descending=True).tolist()]
+    return ranked[:k]
+
+
+def _llm_prompt(concept: str, n: int) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": "You list alternative phrasings. Answer with a JSON array of strings only."},
+        {
+            "role": "user",
+            "content": f"Give up to {n} short synonyms, paraphrases or closely related phrasings that a user could "
+            f"type into an image generator to get '{concept}'.",
+        },
+    ]
+
+
+def llm_phrasings(endpoint: LLMEndpoint, concept: str) -> list[str]:
+    """Asks an OpenAI-compatible endpoint for phrasings; raises ExpansionError on any failure."""
+    body = json.dumps(
+        {"model": endpoint.model, "messages": _llm_prompt(concept, endpoint.max_items), "temperature": 0}
+    ).encode()
+    url = endpoint.url.rstrip("/") + "/chat/completions"
+    if not url.startswith(("http://", "https://")):
+        raise ExpansionError(f"LLM endpoint must be an http(s) URL, got {endpoint.url!r}")
+    headers = {"Content-Type": "application/json"}
+    if endpoint.api_key:
+        headers["Authorization"] = f"Bearer {endpoint.api_key}"
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=endpoint.timeout_s) as response:  # noqa: S310 (checked above)
+            payload = json.loads(response.read(1_000_000))
+        content = payload["choices"][0]["message"]["content"]
+        items = json.loads(content[content.index("[") : content.rindex("]") + 1])
+    except (urllib.error.URLError, TimeoutError, KeyError, IndexError, ValueError, TypeError) as e:
+        raise ExpansionError(f"LLM expansion via {url} failed: {e}") from e
+    phrases = [" ".join(str(item).split()) for item in items if isinstance(item, str)]
+    return [p for p in phrases if 0 < len(p) <= 200][: endpoint.max_items]
+
+
+def expand_concept(
+    pipe: Any,
+    family: Any,
+    concept: str,
+    synonyms: tuple[str, ...] = (),
+    mine: bool = False,
+    mine_k: int = 6,
+    llm: LLMEndpoint | None = None,
+) -> list[str]:
+    """All phrasings to erase: the concept, the caller's synonyms, then mined and LLM phrasings (deduplicated)."""
+    phrasings = [concept, *synonyms]
+    if mine:
+        phrasings += mine_neighbours(pipe, family, concept, k=mine_k)
+    if llm is not None:
+        phrasings += llm_phrasings(llm, concept)
+    seen: dict[str, None] = {}
+    for phrase in phrasings:
+        seen.setdefault(" ".join(phrase.split()).lower(), None)
+    return [p for p in seen if p]

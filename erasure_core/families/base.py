@@ -1,0 +1,70 @@
+"""What a model family declares: its text-conditioning layers, LoRA target sets and how it encodes prompts.
+
+Methods never hard-code a family: they ask the family which layers read which text space and how to encode a
+prompt, so adding a family (Open-Sora) is one new file, with no change to any method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from erasure_core.errors import NoMatchingModuleError
+
+
+class TextEncoding(Protocol):
+    def __call__(self, pipe: Any, prompts: list[str]) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class TextSpace:
+    """One text-embedding space and the transformer layers that read it raw.
+
+    Attributes:
+        name: key in the family's encoding output (e.g. "tokens": [N, L, d] per-token states, "pooled": [N, d]).
+        layers: Linear modules (names relative to the transformer) whose input is exactly this space, so an
+            input-side operator W <- W (I - D) computed in this space is exact there.
+    """
+
+    name: str
+    layers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A model family declared as data plus two small functions."""
+
+    name: str
+    text_spaces: tuple[TextSpace, ...]
+    lora_targets: dict[str, tuple[str, ...]]
+    encode: TextEncoding
+    default_max_sequence_length: Any
+    native_size: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def edited_layers(self) -> tuple[str, ...]:
+        return tuple(layer for space in self.text_spaces for layer in space.layers)
+
+    def resolve_lora_targets(self, model: nn.Module, target_set: str) -> list[str]:
+        """Expands a named target set (patterns with `{i}`) against the model's modules."""
+        if target_set not in self.lora_targets:
+            raise NoMatchingModuleError(
+                f"family {self.name!r} has no LoRA target set {target_set!r}; known: {sorted(self.lora_targets)}"
+            )
+        names = {n for n, _ in model.named_modules()}
+        found = []
+        for pattern in self.lora_targets[target_set]:
+            if "{i}" in pattern:
+                i = 0
+                while pattern.format(i=i) in names:
+                    found.append(pattern.format(i=i))
+                    i += 1
+            elif pattern in names:
+                found.append(pattern)
+        if not found:
+            raise NoMatchingModuleError(f"target set {target_set!r} matches no module of the {self.name} model")
+        return found

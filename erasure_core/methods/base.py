@@ -1,0 +1,84 @@
+"""The erasure-method interface and its registry (one subpackage per method, like peft's tuners).
+
+A method implements:
+  - `config_cls`: a pydantic model of its hyperparameters (validated early; saved with the artifact);
+  - `trained`: False for closed-form methods (computed inline), True for methods that run as queued jobs;
+  - `compute(ctx, spec, config, progress)`: returns an `ErasureArtifact`.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ValidationError
+
+from erasure_core.artifacts import ErasureArtifact
+from erasure_core.concepts import ConceptSpec
+from erasure_core.errors import InvalidConfigError, UnknownMethodError
+from erasure_core.expansion import LLMEndpoint
+from erasure_core.families.base import ModelFamily
+
+Progress = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass
+class MethodContext:
+    """What a method may use: the loaded pipeline, its family, its identity, and model-wide resources."""
+
+    pipe: Any
+    family: ModelFamily
+    model_id: str
+    layer_hash: str
+    preserve_corpus: list[str] = field(default_factory=list)
+    llm: LLMEndpoint | None = None
+    cache: dict[str, Any] = field(default_factory=dict)  # per-model memo (e.g. encoded preserve corpus)
+
+
+class ErasureMethod(ABC):
+    name: ClassVar[str]
+    config_cls: ClassVar[type[BaseModel]]
+    trained: ClassVar[bool] = False
+
+    def parse_config(self, options: dict[str, Any] | None) -> BaseModel:
+        """Validates method options; unknown keys and out-of-range values raise InvalidConfigError."""
+        try:
+            return self.config_cls.model_validate(options or {})
+        except ValidationError as e:
+            details = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise InvalidConfigError(f"invalid options for method {self.name!r}: {details}") from e
+
+    @abstractmethod
+    def compute(
+        self, ctx: MethodContext, spec: ConceptSpec, config: BaseModel, progress: Progress | None = None
+    ) -> ErasureArtifact: ...
+
+
+_REGISTRY: dict[str, ErasureMethod] = {}
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def register_method(method: ErasureMethod) -> None:
+    if not _NAME.match(method.name):
+        raise ValueError(f"method name {method.name!r} must be lowercase snake_case")
+    if method.name in _REGISTRY:
+        raise ValueError(f"method {method.name!r} is already registered")
+    _REGISTRY[method.name] = method
+
+
+def get_method(name: str) -> ErasureMethod:
+    from erasure_core import methods  # noqa: F401  (registers the built-in methods)
+
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownMethodError(f"unknown method {name!r}; expected one of {sorted(_REGISTRY)}") from None
+
+
+def method_names() -> list[str]:
+    from erasure_core import methods  # noqa: F401
+
+    return sorted(_REGISTRY)

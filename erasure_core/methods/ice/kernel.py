@@ -1,0 +1,109 @@
+"""ICE kernels: tensors in, tensors out, in the notation of CURE (arXiv 2505.12677) and ICE (arXiv 2511.18684).
+
+ICE ("Now You See It, Now You Don't: Instant Concept Erasure", Das Biswas, Roy & Roy) states its parts but its
+equations are not public. This module implements those parts with the choices documented below; every choice keeps
+a property the abstract states (anisotropic energy weighting, a unique closed-form overlap projector, a convex
+Lipschitz-bounded objective with an analytical solution, a dissociation operator written into the text layers).
+
+Notation (per text space of dimension d; rows are embeddings):
+  X_e [n_e, d]  erase rows: the concept's embeddings minus its anchor's (position-aligned), so they span exactly
+                the directions that separate the concept from what it should become.
+  X_p [n_p, d]  preserve rows: embeddings of prompts whose outputs must not change.
+  V_e [d, k]    the erase basis: right singular vectors of X_e (CURE Eq. 2), truncated at an energy fraction.
+  r_i           energy ratios sigma_i^2 / sum_j sigma_j^2 (CURE).
+  f(r; alpha)   spectral expansion alpha r / ((alpha - 1) r + 1) (CURE Eq. 4): f(0) = 0, f(1) = 1, in [0, 1].
+  A = diag(f(r_e; alpha_e))          anisotropic erase operator, in erase coordinates (CURE Eq. 3).
+  B = Z diag(f(q; alpha_p)) Z^T      anisotropic preserve operator seen from the erase subspace: q_i are the
+                                     preserve set's energy ratios along the eigen-directions Z of
+                                     V_e^T X_p^T X_p V_e / ||X_p||_F^2. (Choice: compressing to the erase subspace
+                                     first keeps the cost at O(n_p d k) instead of a d x d eigen-decomposition.)
+  O = 2 A (A + B)^+ B                the overlap projector: the Anderson-Duffin parallel sum, the unique closed
+                                     form of the projector onto range(A) ∩ range(B) for orthogonal projectors and
+                                     their harmonic mean for soft ones. (CURE's P_f P_r is its first-order surrogate.)
+  Objective  min_M  1/2 ||M - A||_F^2 + lambda/2 ||M O||_F^2      (strongly convex -> unique minimiser)
+  Solution   M* = A (I + lambda O O^T)^{-1}                        (||M*||_2 <= ||A||_2 <= 1: Lipschitz-bounded)
+  Dissociation operator  D* = V_e M* V_e^T,  and each layer reading the space becomes  W <- W (I - D*),
+  i.e. a rank-k delta  Delta W = -(W V_e M*) V_e^T,  stored exactly as LoRA factors B = -W V_e M*, A = V_e^T.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def spectral_expansion(r: torch.Tensor, alpha: float) -> torch.Tensor:
+    """f(r; alpha) = alpha r / ((alpha - 1) r + 1), CURE Eq. 4 (alpha = 1: plain energy weighting)."""
+    return alpha * r / ((alpha - 1.0) * r + 1.0)
+
+
+def erase_basis(x_e: torch.Tensor, *, energy: float, max_rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right singular basis V_e [d, k] of X_e and its energy ratios r [k], keeping `energy` of the total.
+
+    Works on the smaller of the two Gram matrices, so 1,000 rows of width 4,096 cost one 1,000 x 1,000 eigh.
+    """
+    x = x_e.double()
+    n, d = x.shape
+    if n <= d:
+        evals, u = torch.linalg.eigh(x @ x.T)
+        evals, u = evals.flip(0).clamp_min(0), u.flip(1)
+        keep = evals > evals[0] * 1e-10
+        v = (x.T @ u[:, keep]) / evals[keep].sqrt()
+        evals = evals[keep]
+    else:
+        evals, v = torch.linalg.eigh(x.T @ x)
+        evals, v = evals.flip(0).clamp_min(0), v.flip(1)
+    r = evals / evals.sum()
+    k = int(torch.searchsorted(torch.cumsum(r, 0), torch.tensor(energy, dtype=r.dtype)).item()) + 1
+    k = max(1, min(k, max_rank, len(r)))
+    return v[:, :k].to(x_e.dtype), r[:k].to(x_e.dtype)
+
+
+def preserve_operator(x_p: torch.Tensor, v_e: torch.Tensor, *, alpha_p: float) -> torch.Tensor:
+    """B [k, k]: the preserve set's energy-weighted operator, compressed to the erase subspace."""
+    if x_p.numel() == 0:
+        return torch.zeros(v_e.shape[1], v_e.shape[1], dtype=v_e.dtype)
+    y = x_p.double() @ v_e.double()
+    q_mat = (y.T @ y) / x_p.double().pow(2).sum()
+    q, z = torch.linalg.eigh(q_mat)
+    weights = spectral_expansion(q.clamp(0, 1), alpha_p)
+    return ((z * weights) @ z.T).to(v_e.dtype)
+
+
+def overlap_projector(a: torch.Tensor, b: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
+    """O = 2 A (A + B)^+ B, symmetrised: the parallel sum of two PSD operators (exact for projectors)."""
+    eye = torch.eye(a.shape[0], dtype=torch.float64)
+    a64, b64 = a.double(), b.double()
+    o = 2.0 * a64 @ torch.linalg.solve(a64 + b64 + eps * eye, b64)
+    return (0.5 * (o + o.T)).to(a.dtype)
+
+
+def solve_unlearning(a: torch.Tensor, o: torch.Tensor, *, lam: float) -> torch.Tensor:
+    """M* = argmin 1/2 ||M - A||^2 + lam/2 ||M O||^2 = A (I + lam O O^T)^{-1} (unique; lam >= 0)."""
+    eye = torch.eye(a.shape[0], dtype=torch.float64)
+    a64, o64 = a.double(), o.double()
+    system = eye + lam * (o64 @ o64.T)
+    return torch.linalg.solve(system, a64.T).T.to(a.dtype)  # A S^{-1} with S symmetric
+
+
+def dissociation_operator(
+    x_e: torch.Tensor,
+    x_p: torch.Tensor,
+    *,
+    alpha_e: float,
+    alpha_p: float,
+    lam: float,
+    energy: float = 0.99,
+    max_rank: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ICE operator D* = V_e M* V_e^T for one text space, returned as its factors (V_e [d, k], M* [k, k])."""
+    v_e, r_e = erase_basis(x_e, energy=energy, max_rank=max_rank)
+    a = torch.diag(spectral_expansion(r_e / r_e.max(), alpha_e))
+    b = preserve_operator(x_p, v_e, alpha_p=alpha_p)
+    o = overlap_projector(a, b)
+    return v_e, solve_unlearning(a, o, lam=lam)
+
+
+def layer_delta(w: torch.Tensor, v_e: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LoRA factors of W (I - V M V^T) - W: returns (A = V^T [k, d], B = -W V M [out, k])."""
+    wv = w.to(v_e.dtype) @ v_e
+    return v_e.T.contiguous(), -(wv @ m).contiguous()
