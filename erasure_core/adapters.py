@@ -114,7 +114,8 @@ class AdapterHost:
                 )
             like = module.weight
             prepared[module_name] = LowRankDelta(
-                delta.A.to(device=like.device, dtype=like.dtype), delta.B.to(device=like.device, dtype=like.dtype),
+                delta.A.to(device=like.device, dtype=like.dtype),
+                delta.B.to(device=like.device, dtype=like.dtype),
                 delta.scale,
             )
         return prepared

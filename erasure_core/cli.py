@@ -50,8 +50,12 @@ def _cmd_erase(args: argparse.Namespace) -> int:
     from erasure_core.engine import ErasureEngine
 
     spec = ConceptSpec(
-        concept=args.concept, kind=args.kind, synonyms=tuple(args.synonym), preserve=tuple(args.preserve),
-        anchor=args.anchor, expand=args.expand,
+        concept=args.concept,
+        kind=args.kind,
+        synonyms=tuple(args.synonym),
+        preserve=tuple(args.preserve),
+        anchor=args.anchor,
+        expand=args.expand,
     )
     engine = ErasureEngine.load(args.model, device=args.device, dtype=args.dtype)
     artifact = engine.erase(spec, method=args.method, options=dict(args.option))
@@ -133,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     from erasure_core.errors import ErasureError
 
     try:

@@ -19,6 +19,7 @@ import torch
 
 from erasure_core.adapters import AdapterHost, layer_hash
 from erasure_core.artifacts import ErasureArtifact
+from erasure_core.checkpoints import CheckpointStore
 from erasure_core.concepts import EVERYDAY_PROMPTS, ConceptSpec
 from erasure_core.expansion import LLMEndpoint
 from erasure_core.families import get_family
@@ -48,8 +49,12 @@ class ErasureEngine:
             corpus += world_preserve_corpus()
         self.layer_hash = layer_hash(self.pipe.transformer, self.family.edited_layers)
         self.context = MethodContext(
-            pipe=self.pipe, family=self.family, model_id=loaded.model_id, layer_hash=self.layer_hash,
-            preserve_corpus=corpus, llm=llm,
+            pipe=self.pipe,
+            family=self.family,
+            model_id=loaded.model_id,
+            layer_hash=self.layer_hash,
+            preserve_corpus=corpus,
+            llm=llm,
         )
         self.host = AdapterHost.for_model(self.pipe.transformer)
 
@@ -64,11 +69,14 @@ class ErasureEngine:
         method: str = "ice",
         options: dict[str, Any] | None = None,
         progress: Progress | None = None,
+        checkpoints: CheckpointStore | None = None,
     ) -> ErasureArtifact:
-        """Computes an erasure artifact (does not attach it)."""
+        """Computes an erasure artifact (does not attach it). Trained methods run with no erasure active."""
         impl = get_method(method)
         config = impl.parse_config(options)
-        return impl.compute(self.context, spec, config, progress)
+        if impl.trained:
+            self.host.activate([])
+        return impl.compute(self.context, spec, config, progress, checkpoints)
 
     def attach(self, name: str, artifact: ErasureArtifact) -> bool:
         """Attaches an erasure (inactive until named in `generate` or `activate`); checks the base-model hash."""

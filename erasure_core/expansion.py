@@ -105,7 +105,7 @@ def llm_phrasings(endpoint: LLMEndpoint, concept: str) -> list[str]:
     headers = {"Content-Type": "application/json"}
     if endpoint.api_key:
         headers["Authorization"] = f"Bearer {endpoint.api_key}"
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310 (http(s) only)
     try:
         with urllib.request.urlopen(request, timeout=endpoint.timeout_s) as response:  # noqa: S310 (checked above)
             payload = json.loads(response.read(1_000_000))

@@ -43,6 +43,7 @@ class ModelFamily:
     encode: TextEncoding
     default_max_sequence_length: Any
     native_size: Any
+    training: Any = None  # per-family ops for trained methods (latents, velocities, attention); None: none
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -43,6 +43,8 @@ def encode_prompts(pipe: Any, prompts: list[str], max_sequence_length: int | Non
     return {"tokens": tokens.float().cpu(), "pooled": pooled.float().cpu()}
 
 
+from erasure_core.families.flux_training import FluxTrainingOps  # noqa: E402 (needs the helpers above)
+
 FLUX = ModelFamily(
     name="flux",
     text_spaces=(
@@ -61,4 +63,5 @@ FLUX = ModelFamily(
     encode=encode_prompts,
     default_max_sequence_length=default_max_sequence_length,
     native_size=native_size,
+    training=FluxTrainingOps(),
 )

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ValidationError
 
 from erasure_core.artifacts import ErasureArtifact
+from erasure_core.checkpoints import CheckpointStore
 from erasure_core.concepts import ConceptSpec
 from erasure_core.errors import InvalidConfigError, UnknownMethodError
 from erasure_core.expansion import LLMEndpoint
@@ -53,8 +54,15 @@ class ErasureMethod(ABC):
 
     @abstractmethod
     def compute(
-        self, ctx: MethodContext, spec: ConceptSpec, config: BaseModel, progress: Progress | None = None
-    ) -> ErasureArtifact: ...
+        self,
+        ctx: MethodContext,
+        spec: ConceptSpec,
+        config: BaseModel,
+        progress: Progress | None = None,
+        checkpoints: CheckpointStore | None = None,
+    ) -> ErasureArtifact:
+        """Computes the erasure. `progress(step, total, losses)` may raise to cancel; trained methods save and
+        resume their state through `checkpoints` (closed-form methods ignore it)."""
 
 
 _REGISTRY: dict[str, ErasureMethod] = {}

@@ -94,3 +94,27 @@ def judge_samples(generate: Generate, samples: Sequence[Sample], judge: ShapeJud
         color_accuracy={c: sum(h) / len(h) for c, h in color_hits.items()},
         judged_as=judged_as,
     )
+
+
+def engine_generator(engine: object, erasures: Sequence[str] = (), batch: int = 96) -> Generate:
+    """A `Generate` callable over an `ErasureEngine` with a fixed erasure set, in bounded batches."""
+    from erasure_core.engine import ErasureEngine
+
+    assert isinstance(engine, ErasureEngine)
+
+    def generate(prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        chunks = [
+            engine.generate(prompts[i : i + batch], seeds[i : i + batch], erasures=erasures)
+            for i in range(0, len(prompts), batch)
+        ]
+        return torch.cat(chunks)
+
+    return generate
+
+
+def erasure_samples(targets: Sequence[str], seeds_per_prompt: int = 4) -> list[Sample]:
+    """Samples for an erasure check: every word of the target shapes, and the names of all other shapes."""
+    samples = build_samples(targets, seeds_per_prompt=seeds_per_prompt, include_synonyms=True)
+    others = [s for s in SHAPES if s not in targets]
+    samples += build_samples(others, seeds_per_prompt=seeds_per_prompt, include_synonyms=False, first_seed=50_000)
+    return samples

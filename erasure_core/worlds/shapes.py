@@ -128,7 +128,6 @@ def render(
     Returns:
         [N, 3, size, size] float images in [0, 1].
     """
-    n = len(shapes)
     s = size * SUPERSAMPLE
     coords = (torch.arange(s, dtype=torch.float32) + 0.5) / SUPERSAMPLE
     gy, gx = torch.meshgrid(coords, coords, indexing="ij")

@@ -91,7 +91,9 @@ def _augment_like_samples(images: torch.Tensor, g: torch.Generator, vae: Autoenc
     return out.clamp(0, 1)
 
 
-def train_judge(steps: int = 1200, batch_size: int = 128, seed: int = 0, vae: AutoencoderKL | None = None) -> ShapeJudge:
+def train_judge(
+    steps: int = 1200, batch_size: int = 128, seed: int = 0, vae: AutoencoderKL | None = None
+) -> ShapeJudge:
     """Trains the judge on renders (shape and colour heads) and distractors (the "none" shape class)."""
     torch.manual_seed(seed)
     judge = ShapeJudge()

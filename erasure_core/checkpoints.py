@@ -1,0 +1,47 @@
+"""Training checkpoints for trained erasure methods: tensors + JSON state in one safetensors file, atomic.
+
+A job that is killed resumes from its last checkpoint; a half-written checkpoint is never read (tmp + rename).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from erasure_core.artifacts import _atomic_write
+
+_STATE_KEY = "state"
+
+
+class CheckpointStore(Protocol):
+    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None: ...
+
+    def save(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None: ...
+
+
+class FileCheckpoints:
+    """One checkpoint file, overwritten atomically at each save."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        if not self.path.is_file():
+            return None
+        with safe_open(str(self.path), framework="pt") as handle:
+            state = json.loads((handle.metadata() or {})[_STATE_KEY])
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        return tensors, state
+
+    def save(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        meta = {_STATE_KEY: json.dumps(state)}
+        contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        _atomic_write(self.path, lambda tmp: save_file(contiguous, tmp, metadata=meta))
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)

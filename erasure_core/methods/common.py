@@ -1,0 +1,72 @@
+"""Helpers shared by the closed-form methods: concept spec -> encoded erase, anchor and preserve rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from erasure_core.concepts import ConceptSpec, erase_and_anchor_prompts, preserve_prompts
+from erasure_core.methods.base import MethodContext
+
+
+@dataclass(frozen=True)
+class ConceptRows:
+    """Per text space: erase rows, position-aligned anchor rows, and preserve rows, each [rows, d]."""
+
+    erase: dict[str, torch.Tensor]
+    anchor: dict[str, torch.Tensor]
+    preserve: dict[str, torch.Tensor]
+    n_erase: int
+    n_preserve: int
+
+
+def flatten(states: torch.Tensor) -> torch.Tensor:
+    """[N, L, d] per-token states or [N, d] pooled vectors -> rows [N * L, d]."""
+    return states.reshape(-1, states.shape[-1])
+
+
+def top_rows(x: torch.Tensor, limit: int) -> torch.Tensor:
+    """Drops near-zero rows (positions the concept does not change) and keeps the `limit` largest."""
+    norms = x.norm(dim=1)
+    keep = norms > norms.max() * 1e-3
+    x, norms = x[keep], norms[keep]
+    if len(x) > limit:
+        x = x[norms.argsort(descending=True)[:limit]]
+    return x
+
+
+def even_rows(x: torch.Tensor, limit: int) -> torch.Tensor:
+    """At most `limit` rows, evenly spaced (deterministic subsampling)."""
+    if len(x) <= limit:
+        return x
+    return x[torch.linspace(0, len(x) - 1, limit).long()]
+
+
+def encode_cached(ctx: MethodContext, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Encodes prompts through the family, memoising per prompt in the context (the corpus is encoded once)."""
+    memo: dict[str, dict[str, torch.Tensor]] = ctx.cache.setdefault("encoded", {})
+    missing = [p for p in dict.fromkeys(prompts) if p not in memo]
+    for start in range(0, len(missing), 128):
+        chunk = missing[start : start + 128]
+        encoded = ctx.family.encode(ctx.pipe, chunk)
+        for i, prompt in enumerate(chunk):
+            memo[prompt] = {space: states[i] for space, states in encoded.items()}
+    spaces = [s.name for s in ctx.family.text_spaces]
+    return {s: torch.stack([memo[p][s] for p in prompts]) for s in spaces}
+
+
+def concept_rows(ctx: MethodContext, spec: ConceptSpec, phrasings: list[str]) -> ConceptRows:
+    """Builds and encodes the erase, anchor and preserve prompt sets of a concept."""
+    erase, anchors = erase_and_anchor_prompts(phrasings, spec.kind, spec.anchor)
+    preserve = preserve_prompts(spec, phrasings, ctx.preserve_corpus)
+    enc_e = ctx.family.encode(ctx.pipe, erase)
+    enc_a = encode_cached(ctx, anchors)
+    enc_p = encode_cached(ctx, preserve)
+    return ConceptRows(
+        erase={k: flatten(v) for k, v in enc_e.items()},
+        anchor={k: flatten(v) for k, v in enc_a.items()},
+        preserve={k: flatten(v) for k, v in enc_p.items()},
+        n_erase=len(erase),
+        n_preserve=len(preserve),
+    )

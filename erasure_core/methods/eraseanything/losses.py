@@ -1,0 +1,74 @@
+"""EraseAnything / EraseAnything++ loss kernels: tensors in, tensors out.
+
+Gao et al., "EraseAnything: Enabling Concept Erasure in Rectified Flow Transformers" (ICML 2025, arXiv 2412.20413)
+and Fan et al., "EraseAnything++" (arXiv 2603.00978). Notation follows the papers and their public code:
+  v0, vp    velocities of the frozen model for the anchor and the concept prompt at the same x_t;
+  vn        velocity of the model being trained for the concept prompt;
+  eta       negative-guidance strength (ESD);
+  tau       InfoNCE temperature (0.07);
+  w         the EUPMU weight balancing retain (L_r) and forget (L_f) losses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def esd_target(v0: torch.Tensor, vp: torch.Tensor, eta: float) -> torch.Tensor:
+    """ESD negative guidance on velocities: v0 - eta (vp - v0)."""
+    return v0 - eta * (vp - v0)
+
+
+def esd_loss(vn: torch.Tensor, v0: torch.Tensor, vp: torch.Tensor, eta: float) -> torch.Tensor:
+    return F.mse_loss(vn, esd_target(v0, vp, eta).detach())
+
+
+def attention_suppression(probs: torch.Tensor, keyword_mask: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch of the Frobenius norm of the attention paid to the concept tokens.
+
+    Args:
+        probs: [B, H, S, S] joint-attention probabilities (keys on the last axis; text tokens first).
+        keyword_mask: [B, S] bool, True at the concept tokens' key columns.
+    """
+    mass = probs * keyword_mask[:, None, None, :].to(probs.dtype)
+    return mass.flatten(1).norm(dim=1).sum()
+
+
+def attention_signature(probs: torch.Tensor, keyword_mask: torch.Tensor, n_text: int) -> torch.Tensor:
+    """Attention that image queries pay to the keyword, per head and query: [B, H * N_img] (mean over keyword
+    tokens), the "attention column at the keyword index" the contrastive loss compares."""
+    mask = keyword_mask.to(probs.dtype)
+    cols = (probs[:, :, n_text:, :] * mask[:, None, None, :]).sum(-1) / mask.sum(-1).clamp_min(1)[:, None, None]
+    return cols.flatten(1)
+
+
+def reverse_self_contrastive(
+    anchor: torch.Tensor, synonym: torch.Tensor, irrelevant: torch.Tensor, tau: float = 0.07
+) -> torch.Tensor:
+    """log p(anchor | synonym) under InfoNCE with the irrelevant concepts as the alternatives, to be minimised.
+
+    = logsumexp(sim(syn, anchor)/tau) - logsumexp(sim(syn, [anchor, irr_1..K])/tau): pushes the erased word's
+    attention signature away from its synonym's, towards unrelated concepts (EraseAnything Sec. 3.3).
+
+    Args: anchor, synonym [B, F]; irrelevant [B, K, F].
+    """
+    syn = F.normalize(synonym, dim=-1)
+    candidates = F.normalize(torch.cat([anchor[:, None], irrelevant], dim=1), dim=-1)
+    logits = (candidates @ syn[:, :, None]).squeeze(-1) / tau
+    return (logits[:, 0] - torch.logsumexp(logits, dim=1)).mean()
+
+
+def eupmu_combine(
+    loss_r: torch.Tensor, loss_f: torch.Tensor, w: float, m_r: float = 0.0, m_f: float = 0.0
+) -> torch.Tensor:
+    """EUPMU objective: w/(1+w) (L_r - m_r) + 1/(1+w) (L_f - m_f); the retain term is dropped while w < 0."""
+    if w < 0:
+        return loss_f - m_f
+    return (w / (1 + w)) * (loss_r - m_r) + (1 / (1 + w)) * (loss_f - m_f)
+
+
+def eupmu_weight_gradient(retain_before: float, retain_after: float, lr: float, eps: float = 0.003) -> float:
+    """The signal fed to w: (L_r^before - L_r^after) / lr - eps. Negative when the retain loss falls slower than
+    the required rate, so a descent step on w increases it ("implicit gradient surgery")."""
+    return (retain_before - retain_after) / lr - eps

@@ -1,0 +1,40 @@
+"""Shared fixtures: the assembled demo world, its engine and its judge, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = os.environ.get("ERASURE_CACHE_DIR")
+    return Path(env) if env else tmp_path_factory.mktemp("erasure-cache")
+
+
+@pytest.fixture(scope="session")
+def demo_dir(cache_dir: Path) -> Path:
+    from erasure_core.worlds.flux_world import assemble_flux_world
+
+    return assemble_flux_world(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def demo_engine(demo_dir: Path):
+    from erasure_core.engine import ErasureEngine
+    from erasure_core.pipelines.loading import load_flux_pipeline
+
+    loaded = load_flux_pipeline("demo", device="cpu", cache_dir=demo_dir.parent)
+    return ErasureEngine(loaded)
+
+
+@pytest.fixture(scope="session")
+def judge():
+    from erasure_core.worlds.judge import load_judge
+
+    return load_judge()

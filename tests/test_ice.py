@@ -1,0 +1,201 @@
+"""ICE on the demo world, judged by the classifier over fixed seeds.
+
+Bars (issue "ICE"): an erased shape is judged that shape in <= 5% of its prompts (from >= 80%), its in-caption
+synonyms the request did not name in <= 15%, every other shape's accuracy drops <= 3 points, colour accuracy stays
+>= 80%; two shapes in one composed set meet the same bars; an erased colour drops to <= 10% with shapes within
+3 points; detach is bit-identical; the exported LoRA reproduces the attached erasure through `load_lora_weights`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from erasure_core.artifacts import load_artifact, save_artifact
+from erasure_core.concepts import ConceptSpec
+from erasure_core.expansion import LLMEndpoint, expand_concept
+from erasure_core.worlds.evaluation import (
+    WorldReport,
+    build_samples,
+    engine_generator,
+    erasure_samples,
+    judge_samples,
+)
+from erasure_core.worlds.shapes import COLOR_NAMES, SHAPES, SYNONYMS
+
+TARGETS = ("triangle", "cross")
+NAMED = {"triangle": ("pyramid",), "cross": ("plus sign",)}
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return erasure_samples(TARGETS)
+
+
+@pytest.fixture(scope="module")
+def base_report(demo_engine, judge, samples) -> WorldReport:
+    return judge_samples(engine_generator(demo_engine), samples, judge)
+
+
+@pytest.fixture(scope="module")
+def shape_erasures(demo_engine) -> dict[str, str]:
+    names = {}
+    for shape in TARGETS:
+        artifact = demo_engine.erase(ConceptSpec(concept=shape, synonyms=NAMED[shape], expand=True))
+        name = f"ice-{shape}"
+        demo_engine.attach(name, artifact)
+        names[shape] = name
+    return names
+
+
+def _check_shape_erasure(base: WorldReport, erased: WorldReport, targets: tuple[str, ...]) -> dict:
+    figures = {
+        "base": base.shape_accuracy,
+        "erased": erased.shape_accuracy,
+        "words": erased.word_rate,
+        "color": erased.mean_color_accuracy,
+    }
+    for shape in targets:
+        assert base.word_rate[shape] >= 0.80, figures
+        assert erased.word_rate[shape] <= 0.05, figures
+        unnamed = [w for w in SYNONYMS[shape] if w not in NAMED[shape]]
+        assert erased.rate_of(unnamed) <= 0.15, figures
+    for shape in SHAPES:
+        if shape not in targets:
+            assert base.word_rate[shape] - erased.word_rate[shape] <= 0.03, figures
+    assert erased.mean_color_accuracy >= 0.80, figures
+    return figures
+
+
+def test_erasing_one_shape(demo_engine, judge, samples, base_report, shape_erasures) -> None:
+    report = judge_samples(engine_generator(demo_engine, [shape_erasures["triangle"]]), samples, judge)
+    figures = _check_shape_erasure(base_report, report, ("triangle",))
+    print("ICE triangle:", json.dumps(figures))
+
+
+def test_erasing_two_shapes_in_one_composed_set(demo_engine, judge, samples, base_report, shape_erasures) -> None:
+    report = judge_samples(engine_generator(demo_engine, list(shape_erasures.values())), samples, judge)
+    figures = _check_shape_erasure(base_report, report, TARGETS)
+    print("ICE triangle+cross:", json.dumps(figures))
+
+
+def test_erasing_a_colour(demo_engine, judge) -> None:
+    artifact = demo_engine.erase(ConceptSpec(concept="red", kind="attribute"))
+    demo_engine.attach("ice-red", artifact)
+    samples = build_samples(seeds_per_prompt=2, include_synonyms=False)
+    base = judge_samples(engine_generator(demo_engine), samples, judge)
+    erased = judge_samples(engine_generator(demo_engine, ["ice-red"]), samples, judge)
+    figures = {
+        "base_color": base.color_accuracy,
+        "erased_color": erased.color_accuracy,
+        "base_shape": base.shape_accuracy,
+        "erased_shape": erased.shape_accuracy,
+    }
+    print("ICE red:", json.dumps(figures))
+    assert base.color_accuracy["red"] >= 0.8, figures
+    assert erased.color_accuracy["red"] <= 0.10, figures
+    for color in COLOR_NAMES:
+        if color != "red":
+            assert erased.color_accuracy[color] >= 0.8, figures
+    for shape in SHAPES:
+        assert base.shape_accuracy[shape] - erased.shape_accuracy[shape] <= 0.03, figures
+
+
+def test_attach_detach_is_bit_identical(demo_engine, shape_erasures) -> None:
+    prompts, seeds = ["a red triangle", "a blue circle"], [5, 6]
+    before = demo_engine.generate(prompts, seeds)
+    during = demo_engine.generate(prompts, seeds, erasures=[shape_erasures["triangle"]])
+    after = demo_engine.generate(prompts, seeds)
+    assert not torch.equal(before, during)
+    assert torch.equal(before, after)
+
+
+def test_artifact_file_round_trip_gives_same_images(demo_engine, shape_erasures, tmp_path: Path) -> None:
+    host = demo_engine.host
+    name = shape_erasures["cross"]
+    artifact = demo_engine.erase(ConceptSpec(concept="cross", synonyms=NAMED["cross"]))
+    path = save_artifact(artifact, tmp_path / "cross.erasure")
+    loaded = load_artifact(path)
+    assert loaded.metadata["method"] == "ice" and loaded.metadata["base_model"]["layer_hash"] == demo_engine.layer_hash
+    demo_engine.attach("cross-from-file", loaded)
+    demo_engine.attach("cross-in-memory", artifact)
+    a = demo_engine.generate(["a green cross"], [3], erasures=["cross-from-file"])
+    b = demo_engine.generate(["a green cross"], [3], erasures=["cross-in-memory"])
+    assert torch.equal(a, b)
+    for n in ("cross-from-file", "cross-in-memory"):
+        demo_engine.detach(n)
+    assert name in host.attached
+
+
+def test_exported_lora_matches_attached_erasure(demo_engine, demo_dir: Path, shape_erasures) -> None:
+    from diffusers import FluxPipeline
+
+    artifact = demo_engine.erase(ConceptSpec(concept="triangle", synonyms=NAMED["triangle"]))
+    demo_engine.attach("lora-check", artifact)
+    prompts, seeds = ["a red triangle", "a purple pyramid", "a yellow square"], [11, 12, 13]
+    attached = demo_engine.generate(prompts, seeds, erasures=["lora-check"])
+    fresh = FluxPipeline.from_pretrained(str(demo_dir), local_files_only=True)
+    fresh.set_progress_bar_config(disable=True)
+    fresh.load_lora_weights(artifact.to_diffusers_lora(), adapter_name="triangle")
+    out = fresh(
+        prompts,
+        height=32,
+        width=32,
+        num_inference_steps=20,
+        guidance_scale=3.5,
+        max_sequence_length=24,
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        output_type="pt",
+    ).images
+    demo_engine.detach("lora-check")
+    assert torch.allclose(out.float().clamp(0, 1), attached, atol=2e-3), (out - attached).abs().max()
+
+
+def test_mined_neighbours_come_from_the_encoder(demo_engine) -> None:
+    phrasings = expand_concept(demo_engine.pipe, demo_engine.family, "circle", ("disk",), mine=True, mine_k=6)
+    assert phrasings[:2] == ["circle", "disk"]
+    assert len(phrasings) == 8 and len(set(phrasings)) == 8
+    assert all(p.isalpha() for p in phrasings[2:])
+
+
+class _ChatHandler(BaseHTTPRequestHandler):
+    requests: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server API)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _ChatHandler.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+        content = 'Sure: ["orb", "round disc", "ring"]'
+        payload = {"choices": [{"message": {"role": "assistant", "content": content}}]}
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def chat_server() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), _ChatHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def test_llm_expansion_speaks_openai_chat(demo_engine, chat_server: str) -> None:
+    endpoint = LLMEndpoint(url=chat_server, model="local-model", api_key="k")
+    phrasings = expand_concept(demo_engine.pipe, demo_engine.family, "circle", (), llm=endpoint)
+    assert phrasings == ["circle", "orb", "round disc", "ring"]
+    request = _ChatHandler.requests[-1]
+    assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer k"
+    assert request["body"]["model"] == "local-model"

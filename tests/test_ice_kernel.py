@@ -1,0 +1,77 @@
+"""ICE kernels: the properties the method promises, on random data (no model needed)."""
+
+from __future__ import annotations
+
+import torch
+
+from erasure_core.methods.ice.kernel import (
+    dissociation_operator,
+    erase_basis,
+    layer_delta,
+    overlap_projector,
+    solve_unlearning,
+    spectral_expansion,
+)
+
+
+def test_spectral_expansion_endpoints_and_range() -> None:
+    r = torch.linspace(0, 1, 11)
+    for alpha in (1.0, 2.0, 5.0, 100.0):
+        f = spectral_expansion(r, alpha)
+        assert f[0] == 0 and torch.isclose(f[-1], torch.tensor(1.0))
+        assert bool(((f >= 0) & (f <= 1)).all())
+    assert torch.allclose(spectral_expansion(r, 1.0), r)
+
+
+def test_erase_basis_is_orthonormal_and_spans_rows() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 3, generator=g) @ torch.randn(3, 64, generator=g)  # rank 3
+    v, r = erase_basis(x, energy=0.9999, max_rank=16)
+    assert v.shape == (64, 3)
+    assert torch.allclose(v.T @ v, torch.eye(3), atol=1e-4)
+    assert torch.allclose(x @ v @ v.T, x, atol=1e-3)
+    assert torch.isclose(r.sum(), torch.tensor(1.0), atol=1e-4)
+
+
+def test_parallel_sum_is_intersection_for_projectors() -> None:
+    # A projects on span(e0, e1), B on span(e1, e2): the intersection is span(e1).
+    a = torch.diag(torch.tensor([1.0, 1.0, 0.0]))
+    b = torch.diag(torch.tensor([0.0, 1.0, 1.0]))
+    o = overlap_projector(a, b, eps=1e-9)
+    assert torch.allclose(o, torch.diag(torch.tensor([0.0, 1.0, 0.0])), atol=1e-6)
+
+
+def test_solution_is_the_unique_minimiser() -> None:
+    g = torch.Generator().manual_seed(1)
+    a = torch.diag(torch.rand(5, generator=g, dtype=torch.float64))
+    q = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    o = q @ q.T / 10
+    m = solve_unlearning(a, o, lam=3.0)
+    grad = (m - a) + 3.0 * m @ o @ o.T  # gradient of the strongly convex objective
+    assert torch.allclose(grad, torch.zeros_like(grad), atol=1e-10)
+    assert torch.linalg.matrix_norm(m, ord=2) <= torch.linalg.matrix_norm(a, ord=2) + 1e-9
+    assert torch.allclose(solve_unlearning(a, o, lam=0.0), a)
+
+
+def test_preserved_directions_are_protected() -> None:
+    g = torch.Generator().manual_seed(2)
+    d = 32
+    basis = torch.linalg.qr(torch.randn(d, d, generator=g))[0]
+    concept, shared = basis[:, 0], basis[:, 1]
+    x_e = torch.outer(torch.randn(40, generator=g), concept) + 0.5 * torch.outer(torch.randn(40, generator=g), shared)
+    x_p = torch.outer(torch.randn(400, generator=g), shared) + 0.1 * torch.randn(400, d, generator=g)
+    v, m = dissociation_operator(x_e, x_p, alpha_e=8, alpha_p=8, lam=5, energy=0.999, max_rank=8)
+    dmat = v @ m @ v.T
+    erased = (dmat @ concept).norm()
+    kept = (dmat @ shared).norm()
+    assert erased > 0.9
+    assert kept < 0.5 * erased
+
+
+def test_layer_delta_is_exact() -> None:
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(12, 20, generator=g)
+    v = torch.linalg.qr(torch.randn(20, 4, generator=g))[0]
+    m = torch.randn(4, 4, generator=g)
+    a, b = layer_delta(w, v, m)
+    assert torch.allclose(w + b @ a, w @ (torch.eye(20) - v @ m @ v.T), atol=1e-5)
