@@ -1,0 +1,1 @@
+"""The HTTP service: erase concepts and generate with per-request erasure sets over one shared pipeline."""

@@ -1,0 +1,65 @@
+"""Erasure routes: create (ICE: 201 ready; trained methods: 202 queued), list, get, delete, LoRA export."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from service.api.deps import PrincipalDep, ReadyRuntimeDep, RuntimeDep
+from service.api.schemas import ErasureCreate, ErasureDeleted, ErasureList, ErasurePublic, ErrorResponse
+from service.runtime.registry import JobStatus
+
+router = APIRouter(prefix="/v1/erasures", tags=["erasures"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 500, 503)
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ErasurePublic,
+    responses={202: {"model": ErasurePublic, "description": "Queued (trained methods)"}, **_ERRORS},
+)
+async def create_erasure(body: ErasureCreate, principal: PrincipalDep, runtime: ReadyRuntimeDep) -> Any:
+    """Erase a concept. Closed-form methods answer 201 with the erasure ready; trained ones 202 queued."""
+    record = await runtime.erasures.create(principal, body)
+    public = ErasurePublic.from_record(record, runtime.tenancy.operator)
+    if record.status == JobStatus.succeeded:
+        return public
+    return JSONResponse(public.model_dump(mode="json"), status_code=202)
+
+
+@router.get("", response_model=ErasureList, responses=_ERRORS)
+def list_erasures(principal: PrincipalDep, runtime: RuntimeDep) -> ErasureList:
+    """The caller's erasures and the operator-wide ones."""
+    records = runtime.erasures.list(principal)
+    return ErasureList(data=[ErasurePublic.from_record(r, runtime.tenancy.operator) for r in records])
+
+
+@router.get("/{erasure_id}", response_model=ErasurePublic, responses=_ERRORS)
+def get_erasure(erasure_id: str, principal: PrincipalDep, runtime: RuntimeDep) -> ErasurePublic:
+    """Status, progress, timings and metadata of one erasure."""
+    return ErasurePublic.from_record(runtime.erasures.get(principal, erasure_id), runtime.tenancy.operator)
+
+
+@router.delete("/{erasure_id}", response_model=ErasureDeleted, responses=_ERRORS)
+def delete_erasure(erasure_id: str, principal: PrincipalDep, runtime: RuntimeDep) -> ErasureDeleted:
+    """Delete an erasure (cancels its job if it has not started; waits for generations using it)."""
+    runtime.erasures.delete(principal, erasure_id)
+    return ErasureDeleted(id=erasure_id)
+
+
+@router.get(
+    "/{erasure_id}/lora",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "LoRA safetensors"}, **_ERRORS},
+)
+def export_lora(erasure_id: str, principal: PrincipalDep, runtime: RuntimeDep) -> Response:
+    """The erasure as a diffusers-compatible LoRA (safetensors; `pipe.load_lora_weights` accepts it)."""
+    data = runtime.erasures.export_lora(principal, erasure_id)
+    headers = {"Content-Disposition": f'attachment; filename="{erasure_id}.lora.safetensors"'}
+    return Response(data, media_type="application/octet-stream", headers=headers)

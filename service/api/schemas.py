@@ -1,0 +1,144 @@
+"""Request and response bodies (pydantic only, no FastAPI): the public shape of the API and of openapi.yaml."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from erasure_core.concepts import MAX_LIST, MAX_PHRASE_CHARS, ConceptKind
+from service.runtime.registry import ErasureRecord, JobStatus
+
+ModelName = Literal["flux", "open-sora"]
+ErasureStatus = Literal["queued", "running", "ready", "failed", "cancelled"]
+MAX_SEED = 2**63 - 1
+
+
+class ErasureCreate(BaseModel):
+    """What to erase, from which model, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concept: str = Field(min_length=1, max_length=MAX_PHRASE_CHARS, description="The concept to erase.")
+    model: ModelName = "flux"
+    method: str = Field(default="ice", min_length=1, max_length=64, description="Erasure method (`ice`).")
+    kind: ConceptKind = "object"
+    anchor: str | None = Field(default=None, max_length=MAX_PHRASE_CHARS, description="What the concept becomes.")
+    synonyms: list[str] = Field(default_factory=list, max_length=MAX_LIST)
+    expand: bool = Field(default=False, description="Mine more phrasings of the concept from the text encoder.")
+    preserve: list[str] = Field(default_factory=list, max_length=MAX_LIST, description="Concepts that must not change.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters, validated per method.")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class Timings(BaseModel):
+    queued_s: float | None = None
+    compute_s: float | None = None
+    total_s: float | None = None
+
+
+class ErasurePublic(BaseModel):
+    """An erasure as callers see it. `status` is `ready` once its artifact is stored and usable."""
+
+    id: str
+    object: Literal["erasure"] = "erasure"
+    model: ModelName
+    method: str
+    status: ErasureStatus
+    progress: float
+    scope: Literal["tenant", "operator"]
+    concept: dict[str, Any]
+    options: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    timings: Timings
+    metadata: dict[str, Any]
+    error: ErrorBody | None
+
+    @classmethod
+    def from_record(cls, record: ErasureRecord, operator_tenant: str) -> ErasurePublic:
+        status = "ready" if record.status == JobStatus.succeeded else record.status.value
+        timings = Timings()
+        if record.started_at is not None:
+            timings.queued_s = round(record.started_at - record.created_at, 4)
+        if record.finished_at is not None:
+            timings.total_s = round(record.finished_at - record.created_at, 4)
+            if record.started_at is not None:
+                timings.compute_s = round(record.finished_at - record.started_at, 4)
+        return cls.model_validate(
+            {
+                "id": record.id,
+                "model": record.model,
+                "method": record.method,
+                "status": status,
+                "progress": record.progress,
+                "scope": "operator" if record.tenant == operator_tenant else "tenant",
+                "concept": record.spec,
+                "options": record.options,
+                "created_at": record.created_at,
+                "started_at": record.started_at,
+                "finished_at": record.finished_at,
+                "timings": timings,
+                "metadata": record.metadata,
+                "error": record.error.model_dump() if record.error else None,
+            }
+        )
+
+
+class ErasureList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ErasurePublic]
+
+
+class ErasureDeleted(BaseModel):
+    id: str
+    object: Literal["erasure"] = "erasure"
+    deleted: bool = True
+
+
+class ImageGenerationRequest(BaseModel):
+    """OpenAI-style image generation, plus the erasures to apply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="Text prompt. Longer than the server's limit: 413 `payload_too_large`.")
+    model: ModelName = "flux"
+    erasures: list[str] = Field(default_factory=list, description="Erasure ids to apply (policy may add more).")
+    n: int = Field(default=1, ge=1, description="Number of images (seeds seed..seed+n-1); server limit applies.")
+    size: str | None = Field(default=None, description="`WIDTHxHEIGHT`; default: the model's native size.")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="First seed; random when omitted.")
+    steps: int | None = Field(default=None, ge=1, description="Denoising steps; server limit applies.")
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=100.0)
+    response_format: Literal["b64_json"] = "b64_json"
+
+
+class ImageData(BaseModel):
+    b64_json: str
+
+
+class ImageGenerationResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    erasures: list[str] = Field(description="Erasures actually applied: requested plus mandatory, sorted.")
+    seed: int = Field(description="The first seed used (image i used seed + i).")
+    size: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    models: list[str]
+
+
+class ErrorResponse(BaseModel):
+    """Every error: a message, a stable snake_case code, and the HTTP status."""
+
+    error: ErrorBody

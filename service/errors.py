@@ -1,0 +1,72 @@
+"""Typed errors raised by the service's logic. `service.api.errors` maps each to an HTTP status in one table.
+
+They extend `erasure_core.errors.ErasureError`, so every error a caller can see has one stable `code`.
+"""
+
+from __future__ import annotations
+
+from erasure_core.errors import ErasureError
+
+
+class ServiceError(ErasureError):
+    code = "service_error"
+
+
+class InvalidRequestError(ServiceError, ValueError):
+    """The request is well-formed JSON but asks for something out of range or inconsistent."""
+
+    code = "invalid_request"
+
+
+class PayloadTooLargeError(ServiceError):
+    code = "payload_too_large"
+
+
+class ErasureNotFoundError(ServiceError):
+    """Unknown, malformed or another tenant's erasure id (the three are indistinguishable on purpose)."""
+
+    code = "erasure_not_found"
+
+
+class ErasureNotReadyError(ServiceError):
+    """The erasure exists but is queued, running, failed or cancelled."""
+
+    code = "erasure_not_ready"
+
+
+class ModelNotAvailableError(ServiceError):
+    """The request names a model this deployment does not serve."""
+
+    code = "model_not_available"
+
+
+class UnauthorizedError(ServiceError):
+    code = "unauthorized"
+
+
+class ForbiddenError(ServiceError):
+    code = "forbidden"
+
+
+class OverloadedError(ServiceError):
+    """The generation queue is full; retry later."""
+
+    code = "overloaded"
+
+
+class NotReadyError(ServiceError):
+    """Pipelines are still loading or warming up (or failed to load)."""
+
+    code = "not_ready"
+
+
+class CapacityError(ServiceError):
+    """One erasure set needs more adapter memory than the cache budget allows, even with nothing else resident."""
+
+    code = "capacity_exceeded"
+
+
+class ErasureFailedError(ServiceError):
+    """Computing an erasure failed."""
+
+    code = "erasure_failed"

@@ -1,0 +1,68 @@
+"""Builds the FastAPI app and runs it (`erasure serve`).
+
+Example:
+    >>> from service.main import create_app
+    >>> app = create_app()            # settings from ERASURE_* variables
+    >>> # uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from erasure_core import __version__
+from service.api import erasures, health, images
+from service.api.errors import register_error_handlers
+from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.runtime.pipelines import PipelinePool
+from service.runtime.state import ServiceRuntime
+from service.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "Erase concepts from Flux (and, where configured, Open-Sora) and generate with any set of erasures applied "
+    'per request. Errors are `{"error": {"code", "message"}}` with stable codes. With API keys configured, '
+    "send `Authorization: Bearer <key>`."
+)
+
+
+def create_app(settings: Settings | None = None, pool: PipelinePool | None = None) -> FastAPI:
+    """The service app. Pipelines load in the lifespan, unless an already loaded `pool` is passed (tests)."""
+    settings = settings or get_settings()
+    runtime = ServiceRuntime(settings, pool)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="Concept Erasure Service", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.runtime = runtime
+    register_error_handlers(app)
+    for router in (erasures.router, images.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)
+    return app
+
+
+def run_server(host: str | None = None, port: int | None = None) -> None:
+    """Serves the app with uvicorn; `host`/`port` override ERASURE_HOST/ERASURE_PORT."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )

@@ -1,0 +1,121 @@
+"""Creating, reading, deleting and exporting erasures (no HTTP here: the routers call these methods).
+
+Every input is validated before anything is written, so a rejected request changes nothing. Closed-form methods
+(`trained=False`, ICE) run inline and come back `succeeded`; trained methods are queued on the job runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import nullcontext
+from typing import Any
+
+from pydantic import ValidationError
+from safetensors.torch import save
+
+from erasure_core.artifacts import ErasureArtifact
+from erasure_core.concepts import ConceptSpec
+from erasure_core.methods.base import ErasureMethod, get_method
+from service.api.schemas import ErasureCreate
+from service.errors import ErasureNotFoundError, ErasureNotReadyError, InvalidRequestError
+from service.jobs.runner import JobRunner, Progress
+from service.runtime.adapter_manager import AdapterManager
+from service.runtime.pipelines import PipelineHandle, PipelinePool
+from service.runtime.registry import ErasureRecord, ErasureStore, JobStatus, is_valid_id, new_id
+from service.runtime.tenancy import Principal, Tenancy
+
+logger = logging.getLogger(__name__)
+
+
+def _concept_spec(request: ErasureCreate) -> ConceptSpec:
+    try:
+        return ConceptSpec(
+            concept=request.concept,
+            kind=request.kind,
+            synonyms=tuple(request.synonyms),
+            preserve=tuple(request.preserve),
+            anchor=request.anchor,
+            expand=request.expand,
+        )
+    except ValidationError as e:
+        details = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise InvalidRequestError(f"invalid concept: {details}") from e
+
+
+class ErasureService:
+    def __init__(
+        self,
+        pool: PipelinePool,
+        store: ErasureStore,
+        runner: JobRunner,
+        tenancy: Tenancy,
+        managers: dict[str, AdapterManager],
+    ) -> None:
+        self.pool = pool
+        self.store = store
+        self.runner = runner
+        self.tenancy = tenancy
+        self.managers = managers
+
+    async def create(self, principal: Principal, request: ErasureCreate) -> ErasureRecord:
+        """Validates, records and runs (or queues) an erasure job; returns its record."""
+        handle = self.pool.get(request.model)
+        spec = _concept_spec(request)
+        method = get_method(request.method)
+        config = method.parse_config(request.options)  # InvalidConfigError before anything is written
+        record = ErasureRecord(
+            id=new_id(),
+            tenant=principal.tenant,
+            model=request.model,
+            method=method.name,
+            spec=spec.model_dump(mode="json"),
+            options=config.model_dump(mode="json"),
+        )
+        self.store.add(record)
+        work = self._work(handle, method, spec, request.options)
+        if method.trained:
+            self.runner.submit(record.id, work)
+            return self.store.get(record.id)
+        return await asyncio.to_thread(self.runner.run_inline, record.id, work)
+
+    @staticmethod
+    def _work(handle: PipelineHandle, method: ErasureMethod, spec: ConceptSpec, options: dict[str, Any]) -> Any:
+        """The job. Closed-form methods only read the pipeline; a trained method run in-process by the embedded
+        runner gets the pipeline to itself (generation waits), since training may change the shared modules."""
+
+        def compute(progress: Progress) -> ErasureArtifact:
+            with handle.erase_lock, handle.lock if method.trained else nullcontext():
+                return handle.engine.erase(spec, method=method.name, options=options, progress=progress)
+
+        return compute
+
+    def get(self, principal: Principal, erasure_id: str) -> ErasureRecord:
+        """The record, if it exists and the caller may see it; otherwise ErasureNotFoundError (never 'forbidden')."""
+        record = self.store.find(erasure_id) if is_valid_id(erasure_id) else None
+        if record is None or not self.tenancy.can_see(principal, record):
+            raise ErasureNotFoundError(f"no erasure {erasure_id!r}")
+        return record
+
+    def list(self, principal: Principal) -> list[ErasureRecord]:
+        return [r for r in self.store.list() if self.tenancy.can_see(principal, r)]
+
+    def delete(self, principal: Principal, erasure_id: str) -> None:
+        record = self.get(principal, erasure_id)
+        self.tenancy.check_delete(principal, record)
+        if not record.status.terminal:
+            self.runner.cancel(erasure_id)
+        manager = self.managers.get(record.model)
+        if manager is not None:
+            manager.remove(erasure_id)  # waits for a generation using it to finish
+        self.store.delete(erasure_id)
+        logger.info("erasure %s deleted by tenant %s", erasure_id, principal.tenant)
+
+    def export_lora(self, principal: Principal, erasure_id: str) -> bytes:
+        """The erasure as a diffusers-compatible LoRA state dict (safetensors bytes)."""
+        record = self.get(principal, erasure_id)
+        if record.status != JobStatus.succeeded:
+            raise ErasureNotReadyError(f"erasure {erasure_id} is {record.status.value}, not ready")
+        artifact = self.store.load_artifact(erasure_id)
+        meta = {"format": "pt", "erasure_id": erasure_id, "erasure_content_hash": artifact.content_hash()}
+        return save(artifact.to_diffusers_lora(), metadata=meta)

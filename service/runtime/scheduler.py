@@ -1,0 +1,128 @@
+"""One asyncio worker per pipeline: a bounded queue of generation requests, grouped by erasure set.
+
+The worker takes the oldest pending request whose erasure set equals the active one, so a run of requests with the
+same set swaps once; a request passed over `max_skips` times goes next whatever its set (bounded unfairness, like
+Ray Serve's multiplexing timeout). Requests are never batched together: each runs alone with exactly its own set,
+so its image bytes are the same whether it runs alone or among many. A full queue refuses new requests at once
+(`OverloadedError`, HTTP 429) rather than letting latency grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from erasure_core.generation import GenerationParams
+from service.errors import OverloadedError
+from service.runtime.adapter_manager import AdapterManager
+from service.runtime.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationJob:
+    """One request: `n` images of one prompt with consecutive seeds, under one erasure set."""
+
+    erasures: tuple[str, ...]
+    prompts: list[str]
+    seeds: list[int]
+    params: GenerationParams
+    future: asyncio.Future[torch.Tensor] | None = None
+    skipped: int = 0
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+class GenerationScheduler:
+    """Runs the generation requests of one pipeline, one at a time, in a worker thread."""
+
+    def __init__(self, manager: AdapterManager, metrics: Metrics, max_queue: int, max_skips: int) -> None:
+        self.manager = manager
+        self.metrics = metrics
+        self.max_queue = max_queue
+        self.max_skips = max_skips
+        self._pending: list[GenerationJob] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        metrics.queue_depth.set_function(lambda: len(self._pending), model=manager.handle.name)
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"scheduler-{self.model}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for job in self._pending:
+            if job.future is not None and not job.future.done():
+                job.future.cancel()
+        self._pending.clear()
+
+    @property
+    def model(self) -> str:
+        return self.manager.handle.name
+
+    async def submit(
+        self, erasures: Sequence[str], prompts: list[str], seeds: list[int], params: GenerationParams
+    ) -> torch.Tensor:
+        """Queues one request and waits for its images [N, 3, H, W]. Raises OverloadedError when the queue is full."""
+        if len(self._pending) >= self.max_queue:
+            self.metrics.rejected.inc(model=self.model)
+            raise OverloadedError(f"the {self.model} queue is full ({self.max_queue} requests waiting); retry later")
+        job = GenerationJob(tuple(sorted(set(erasures))), prompts, seeds, params)
+        job.future = asyncio.get_running_loop().create_future()
+        self._pending.append(job)
+        self._wakeup.set()
+        return await job.future
+
+    def pick(self) -> GenerationJob:
+        """Removes and returns the next job: the oldest with the active set, unless the oldest waited too long."""
+        oldest = self._pending[0]
+        chosen = oldest
+        if oldest.skipped < self.max_skips:
+            active = self.manager.active
+            chosen = next((job for job in self._pending if job.erasures == active), oldest)
+        for job in self._pending:
+            if job is chosen:
+                break
+            job.skipped += 1
+        self._pending.remove(chosen)
+        return chosen
+
+    async def _worker(self) -> None:
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            job = self.pick()
+            if job.future is None or job.future.done():  # the caller went away
+                continue
+            try:
+                images = await asyncio.to_thread(self._execute, job)
+            except Exception as e:  # delivered to the waiting request, which maps it to HTTP
+                if not job.future.done():
+                    job.future.set_exception(e)
+            else:
+                if not job.future.done():
+                    job.future.set_result(images)
+
+    def _execute(self, job: GenerationJob) -> Any:
+        started = time.perf_counter()
+        with self.manager.use(job.erasures):
+            images = self.manager.handle.engine.generate(job.prompts, job.seeds, job.params, erasures=job.erasures)
+        self.metrics.generations.inc(model=self.model)
+        self.metrics.generation_seconds.observe(time.perf_counter() - started, model=self.model)
+        return images

@@ -1,0 +1,106 @@
+"""The service's heavy objects, built once: pipelines, store, adapter managers, schedulers, services, readiness.
+
+`start()` recovers the store at once (so erasures are listable immediately) and loads and warms the pipelines in
+the background: `/healthz` answers while models load, `/readyz` and the model-backed routes answer 503 `not_ready`
+until a warm-up generation has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from erasure_core.concepts import ConceptSpec
+from erasure_core.generation import GenerationParams
+from service.errors import NotReadyError
+from service.jobs.runner import JobRunner, create_runner
+from service.runtime.adapter_manager import AdapterManager
+from service.runtime.erasure_service import ErasureService
+from service.runtime.image_service import ImageService
+from service.runtime.metrics import Metrics
+from service.runtime.pipelines import PipelinePool
+from service.runtime.registry import ErasureStore
+from service.runtime.scheduler import GenerationScheduler
+from service.runtime.tenancy import Tenancy
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceRuntime:
+    """Everything a request needs, reachable from `app.state.runtime`."""
+
+    def __init__(self, settings: Settings, pool: PipelinePool | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.tenancy = Tenancy(settings)
+        self.store = ErasureStore(settings.data_dir)
+        self.runner: JobRunner = create_runner(settings, self.store, self.metrics)
+        self.pool = pool or PipelinePool()
+        self._preloaded = pool is not None
+        self.managers: dict[str, AdapterManager] = {}
+        self.schedulers: dict[str, GenerationScheduler] = {}
+        self.erasures = ErasureService(self.pool, self.store, self.runner, self.tenancy, self.managers)
+        self.images = ImageService(settings, self.pool, self.store, self.tenancy, self.schedulers)
+        self.ready = False
+        self.failure: str | None = None
+        self._startup: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.store.recover()
+        for tenant, ids in self.settings.mandatory_erasures.items():
+            missing = [i for i in ids if self.store.find(i) is None]
+            if missing:
+                logger.warning("mandatory erasures for tenant %s do not exist yet: %s", tenant, missing)
+        self._startup = asyncio.get_running_loop().create_task(self._load_and_warm(), name="startup")
+
+    async def _load_and_warm(self) -> None:
+        started = time.perf_counter()
+        try:
+            if not self._preloaded:
+                loaded = await asyncio.to_thread(PipelinePool.load, self.settings)
+                self.pool.handles.update(loaded.handles)
+            for name, handle in self.pool.handles.items():
+                manager = AdapterManager(handle, self.store, self.settings.adapter_cache_bytes, self.metrics)
+                self.managers[name] = manager
+                scheduler = GenerationScheduler(manager, self.metrics, self.settings.max_queue, self.settings.max_skips)
+                scheduler.start()
+                self.schedulers[name] = scheduler
+            if self.settings.warmup:
+                await asyncio.to_thread(self._warm_up)
+        except Exception as e:
+            self.failure = f"{type(e).__name__}: {e}"
+            logger.exception("startup failed; the service will not become ready")
+            return
+        self.ready = True
+        logger.info("ready in %.1f s: models %s", time.perf_counter() - started, self.pool.names)
+
+    def _warm_up(self) -> None:
+        """One tiny generation per model, and one throwaway erasure to fill the per-model encoder caches."""
+        for name, handle in self.pool.handles.items():
+            defaults = handle.defaults
+            params = GenerationParams(
+                steps=1, height=defaults.height, width=defaults.width, max_sequence_length=defaults.max_sequence_length
+            )
+            with self.managers[name].use(()):
+                handle.engine.generate(["warm-up"], [0], params)
+            with handle.erase_lock:
+                handle.engine.erase(ConceptSpec(concept="warm-up"))
+            logger.info("warmed up %s", name)
+
+    def check_ready(self) -> None:
+        """Raises NotReadyError unless pipelines are loaded and warm."""
+        if not self.ready:
+            reason = f"startup failed: {self.failure}" if self.failure else "models are loading and warming up"
+            raise NotReadyError(f"the service is not ready ({reason})")
+
+    async def stop(self) -> None:
+        if self._startup is not None and not self._startup.done():
+            self._startup.cancel()
+            await asyncio.gather(self._startup, return_exceptions=True)
+        for scheduler in self.schedulers.values():
+            await scheduler.stop()
+        for manager in self.managers.values():
+            await asyncio.to_thread(manager.close)
+        self.runner.close()
