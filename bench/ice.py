@@ -38,16 +38,23 @@ def time_real_dims(repeats: int = 3) -> dict[str, float]:
     g = torch.Generator().manual_seed(0)
     cfg = ICEConfig()
     weights = {name: torch.randn(HIDDEN, d, generator=g) / d**0.5 for name, d in SPACES.items()}
-    inputs = {name: (_embeddings(1000, d, 24, g), _embeddings(10_000, d, 256, g)) for name, d in SPACES.items()}
+    inputs = {}
+    for name, d in SPACES.items():
+        x_a = _embeddings(1000, d, 256, g)  # anchor-side states
+        x_c = x_a + _embeddings(1000, d, 24, g)  # the concept adds a low-rank displacement
+        inputs[name] = (x_c, x_a, _embeddings(10_000, d, 256, g))
 
     def run() -> None:
-        for name, (x_e, x_p) in inputs.items():
+        for name, (x_c, x_a, x_p) in inputs.items():
             v, m = dissociation_operator(
-                x_e,
+                x_c,
+                x_a,
                 x_p,
                 alpha_e=cfg.alpha_erase,
                 alpha_p=cfg.alpha_preserve,
                 lam=cfg.lam,
+                mu=cfg.mu,
+                preserve_scale=cfg.preserve_scale,
                 energy=cfg.energy,
                 max_rank=cfg.max_rank,
             )
@@ -63,6 +70,8 @@ def time_real_dims(repeats: int = 3) -> dict[str, float]:
         "median_s": round(statistics.median(times), 4),
         "min_s": round(min(times), 4),
         "target_s": 1.0,
+        "erase_rows": 1000,
+        "preserve_rows": 10_000,
         "threads": torch.get_num_threads(),
     }
 

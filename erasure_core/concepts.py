@@ -186,15 +186,25 @@ def mentions(prompt: str, phrases: list[str]) -> bool:
     return any(re.search(rf"\b{re.escape(p.lower())}\b", lowered) for p in phrases if p)
 
 
+# With no anchor, the concept is erased onto a neutral placeholder of the same word count. Deleting the words
+# instead would shift every later token (the encoders run without a mask, so even padding states move) and the
+# differences would then carry the whole sentence, not the concept.
+NEUTRAL: dict[str, str] = {"object": "thing", "style": "art", "attribute": "the"}
+
+
+def neutral_anchor(phrase: str, kind: str) -> str:
+    return " ".join([NEUTRAL[kind]] * len(phrase.split()))
+
+
 def erase_and_anchor_prompts(phrasings: list[str], kind: str, anchor: str | None) -> tuple[list[str], list[str]]:
-    """Position-aligned erase prompts and their anchor counterparts (anchor None: the concept simply left out)."""
+    """Position-aligned erase prompts and their anchor counterparts (anchor None: a neutral placeholder)."""
     if kind not in TEMPLATES:
         raise InvalidConfigError(f"unknown concept kind {kind!r}; expected one of {sorted(TEMPLATES)}")
     erase, anchors = [], []
     for template in TEMPLATES[kind]:
         for phrase in phrasings:
             erase.append(fill(template, phrase))
-            anchors.append(fill(template, anchor or ""))
+            anchors.append(fill(template, anchor if anchor is not None else neutral_anchor(phrase, kind)))
     return erase, anchors
 
 
@@ -205,3 +215,13 @@ def preserve_prompts(spec: ConceptSpec, phrasings: list[str], corpus: list[str])
     blocked = phrasings + ([] if spec.anchor is None else [])
     unique = dict.fromkeys(p for p in prompts if not mentions(p, blocked))
     return list(unique)
+
+
+def protected_words(spec: ConceptSpec, corpus: list[str]) -> set[str]:
+    """Words the preserve set uses outside the concept's own prompts: expansion never adds them as phrasings."""
+    named = [spec.concept, *spec.synonyms]
+    prompts = [p for p in [*corpus, *spec.preserve] if not mentions(p, named)]
+    words = {w for p in prompts for w in re.findall(r"[a-z]+", p.lower())}
+    if spec.anchor:
+        words |= set(spec.anchor.lower().split())
+    return words - {w.lower() for phrase in named for w in phrase.split()}

@@ -52,14 +52,8 @@ def _vocab_words(tokenizer: Any) -> tuple[list[str], list[int]]:
     return words, ids
 
 
-@torch.no_grad()
-def mine_neighbours(pipe: Any, family: Any, concept: str, k: int = 6, candidates: int = 48) -> list[str]:
-    """The `k` vocabulary words nearest `concept` in the model's own text encoder.
-
-    Stage 1 ranks whole-word vocabulary entries by cosine similarity of input embeddings to the concept's (mean
-    over its word pieces); stage 2 re-ranks the best `candidates` by the similarity of the encoded prompts
-    "a photo of a {word}" in every text space the family declares.
-    """
+def _shortlist(pipe: Any, concept: str, exclude: set[str], size: int) -> list[str]:
+    """Whole-word vocabulary entries nearest the concept by input-embedding cosine (mean over its word pieces)."""
     tokenizer, encoder = pipe.tokenizer_2, pipe.text_encoder_2
     table = encoder.get_input_embeddings().weight.detach().float().cpu()
     piece_ids = tokenizer(concept, add_special_tokens=False).input_ids
@@ -68,19 +62,77 @@ def mine_neighbours(pipe: Any, family: Any, concept: str, k: int = 6, candidates
     query = table[piece_ids].mean(0, keepdim=True)
     words, ids = _vocab_words(tokenizer)
     sims = F.cosine_similarity(table[ids], query)
-    concept_words = set(concept.lower().split())
-    order = [i for i in sims.argsort(descending=True).tolist() if words[i] not in concept_words]
-    shortlist = [words[i] for i in order[:candidates]]
-    if not shortlist:
-        return []
-    encoded = family.encode(pipe, [f"a photo of a {w}" for w in [concept, *shortlist]])
-    score = torch.zeros(len(shortlist))
+    blocked = exclude | set(concept.lower().split())
+    return [words[i] for i in sims.argsort(descending=True).tolist() if words[i] not in blocked][:size]
+
+
+def _encoder_scores(pipe: Any, family: Any, concept: str, words: list[str]) -> torch.Tensor:
+    """Similarity of the encoded prompts "a photo of a {word}" to the concept's, over every text space."""
+    encoded = family.encode(pipe, [f"a photo of a {w}" for w in [concept, *words]])
+    score = torch.zeros(len(words))
     for states in encoded.values():
         flat = states.reshape(states.shape[0], -1)
         flat = flat - flat.mean(0, keepdim=True)  # the shared template part says nothing about the word
         score += F.cosine_similarity(flat[1:], flat[:1])
-    ranked = [shortlist[i] for i in score.argsort(descending=True).tolist()]
-    return ranked[:k]
+    return score / len(encoded)
+
+
+@torch.no_grad()
+def _probe_scores(pipe: Any, family: Any, concept: str, words: list[str], batch: int = 128) -> torch.Tensor:
+    """How much each word moves the generator the way the concept does.
+
+    At fixed noisy latents, the velocity for "a {word}" minus the velocity for a neutral prompt is compared
+    (cosine) with the same difference for the concept. Words the model draws like the concept ("functional
+    synonyms", e.g. a rare word the training captions used for it) score high even when the text encoder alone
+    does not place them near the concept.
+    """
+    ops = family.training
+    generator = torch.Generator().manual_seed(0)
+    prompts = [f"a {w}" for w in [concept, "thing", *words]]
+    sigmas = (0.9, 0.6)
+    latents = ops.noise(pipe, len(sigmas), generator)
+    deltas = []
+    for start in range(0, len(prompts), batch):
+        cond = ops.encode_text(pipe, prompts[start : start + batch])
+        n = cond.tokens.shape[0]
+        per_sigma = []
+        for j, sigma in enumerate(sigmas):
+            x = latents[j : j + 1].expand(n, -1, -1)
+            s = torch.full((n,), sigma, device=x.device, dtype=x.dtype)
+            per_sigma.append(ops.velocity(pipe, x, s, cond).flatten(1).float().cpu())
+        deltas.append(torch.cat(per_sigma, dim=1))
+    v = torch.cat(deltas)
+    # Centre on the candidates' mean response: any noun moves the model away from "a thing" in a shared way.
+    centre = v[2:].mean(0, keepdim=True)
+    return F.cosine_similarity(v[2:] - centre, v[:1] - centre)
+
+
+def mine_neighbours(
+    pipe: Any,
+    family: Any,
+    concept: str,
+    k: int = 6,
+    exclude: set[str] | None = None,
+    shortlist: int = 1000,
+    probe: bool = True,
+    min_score: float = 0.5,
+) -> list[str]:
+    """The `k` vocabulary words nearest `concept` in the model's own text pathway.
+
+    Stage 1 shortlists whole-word vocabulary entries by input-embedding cosine. Stage 2 ranks them by how the model
+    responds to them: the velocity probe when the family supports it (`probe`), else the similarity of encoded
+    prompts. `exclude` holds words never to return (e.g. every word of the preserve corpus: a concept's geometric
+    neighbour "square" must not be erased along with "triangle" when the operator's prompts use it).
+    """
+    words = _shortlist(pipe, concept, exclude or set(), shortlist)
+    if not words:
+        return []
+    if probe and family.training is not None:
+        scores = _probe_scores(pipe, family, concept, words)
+    else:
+        scores = _encoder_scores(pipe, family, concept, words)
+    ranked = scores.argsort(descending=True).tolist()[:k]
+    return [words[i] for i in ranked if scores[i] >= min_score]
 
 
 def _llm_prompt(concept: str, n: int) -> list[dict[str, str]]:
@@ -125,11 +177,12 @@ def expand_concept(
     mine: bool = False,
     mine_k: int = 6,
     llm: LLMEndpoint | None = None,
+    exclude: set[str] | None = None,
 ) -> list[str]:
     """All phrasings to erase: the concept, the caller's synonyms, then mined and LLM phrasings (deduplicated)."""
     phrasings = [concept, *synonyms]
     if mine:
-        phrasings += mine_neighbours(pipe, family, concept, k=mine_k)
+        phrasings += mine_neighbours(pipe, family, concept, k=mine_k, exclude=exclude)
     if llm is not None:
         phrasings += llm_phrasings(llm, concept)
     seen: dict[str, None] = {}

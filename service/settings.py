@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     min_image_side: int = Field(default=16, ge=1)
     max_image_side: int = Field(default=2048, ge=1)
     max_erasures_per_request: int = Field(default=16, ge=0)
+    max_video_frames: int = Field(default=129, ge=1)
+    min_fps: int = Field(default=1, ge=1)
+    max_fps: int = Field(default=60, ge=1)
+    default_fps: int = Field(default=24, ge=1)
 
     # Runtime.
     adapter_cache_bytes: int = Field(default=2 * 1024**3, ge=1)
@@ -114,6 +118,8 @@ class Settings(BaseSettings):
             raise ValueError("min_image_side must not exceed max_image_side")
         if self.default_steps > self.max_steps:
             raise ValueError("default_steps must not exceed max_steps")
+        if not self.min_fps <= self.default_fps <= self.max_fps:
+            raise ValueError("default_fps must lie between min_fps and max_fps")
         return self
 
     @property

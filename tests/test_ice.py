@@ -29,8 +29,11 @@ from erasure_core.worlds.evaluation import (
 )
 from erasure_core.worlds.shapes import COLOR_NAMES, SHAPES, SYNONYMS
 
-TARGETS = ("triangle", "cross")
-NAMED = {"triangle": ("pyramid",), "cross": ("plus sign",)}
+TARGETS = ("triangle", "square")
+NAMED = {"triangle": ("pyramid",), "square": ("box",)}
+# With no anchor a concept goes to a neutral placeholder, and this world draws squares for ~8% of content-free
+# prompts; mapping square onto "blob" (which it never draws as a square) is the anchor a user would pick.
+ANCHORS = {"triangle": None, "square": "blob"}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,9 @@ def base_report(demo_engine, judge, samples) -> WorldReport:
 def shape_erasures(demo_engine) -> dict[str, str]:
     names = {}
     for shape in TARGETS:
-        artifact = demo_engine.erase(ConceptSpec(concept=shape, synonyms=NAMED[shape], expand=True))
+        artifact = demo_engine.erase(
+            ConceptSpec(concept=shape, synonyms=NAMED[shape], anchor=ANCHORS[shape], expand=True)
+        )
         name = f"ice-{shape}"
         demo_engine.attach(name, artifact)
         names[shape] = name
@@ -82,7 +87,7 @@ def test_erasing_one_shape(demo_engine, judge, samples, base_report, shape_erasu
 def test_erasing_two_shapes_in_one_composed_set(demo_engine, judge, samples, base_report, shape_erasures) -> None:
     report = judge_samples(engine_generator(demo_engine, list(shape_erasures.values())), samples, judge)
     figures = _check_shape_erasure(base_report, report, TARGETS)
-    print("ICE triangle+cross:", json.dumps(figures))
+    print("ICE triangle+square:", json.dumps(figures))
 
 
 def test_erasing_a_colour(demo_engine, judge) -> None:
@@ -118,8 +123,8 @@ def test_attach_detach_is_bit_identical(demo_engine, shape_erasures) -> None:
 
 def test_artifact_file_round_trip_gives_same_images(demo_engine, shape_erasures, tmp_path: Path) -> None:
     host = demo_engine.host
-    name = shape_erasures["cross"]
-    artifact = demo_engine.erase(ConceptSpec(concept="cross", synonyms=NAMED["cross"]))
+    name = shape_erasures["square"]
+    artifact = demo_engine.erase(ConceptSpec(concept="cross", synonyms=("plus sign",)))
     path = save_artifact(artifact, tmp_path / "cross.erasure")
     loaded = load_artifact(path)
     assert loaded.metadata["method"] == "ice" and loaded.metadata["base_model"]["layer_hash"] == demo_engine.layer_hash

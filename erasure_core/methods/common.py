@@ -36,6 +36,14 @@ def top_rows(x: torch.Tensor, limit: int) -> torch.Tensor:
     return x
 
 
+def paired_top_rows(x: torch.Tensor, anchor: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows where the concept differs from its anchor (largest differences first), kept in pairs."""
+    norms = (x - anchor).norm(dim=1)
+    keep = torch.nonzero(norms > norms.max() * 1e-3).squeeze(1)
+    keep = keep[norms[keep].argsort(descending=True)[:limit]]
+    return x[keep], anchor[keep]
+
+
 def even_rows(x: torch.Tensor, limit: int) -> torch.Tensor:
     """At most `limit` rows, evenly spaced (deterministic subsampling)."""
     if len(x) <= limit:

@@ -129,6 +129,49 @@ class ImageGenerationResponse(BaseModel):
     size: str
 
 
+VideoFormat = Literal["mp4", "webp", "gif", "frames"]
+
+
+class VideoGenerationRequest(BaseModel):
+    """One clip from a prompt, with the erasures to apply (same erasure ids and policy as images)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="Text prompt. Longer than the server's limit: 413 `payload_too_large`.")
+    model: Literal["open-sora"] = "open-sora"
+    erasures: list[str] = Field(default_factory=list, description="Erasure ids to apply (policy may add more).")
+    num_frames: int | None = Field(
+        default=None,
+        ge=1,
+        description="Frames: 1 + a multiple of the model's VAE temporal ratio (4: 5, 9, 13, ...); default native.",
+    )
+    size: str | None = Field(default=None, description="`WIDTHxHEIGHT`; default: the model's native size.")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Seed; random when omitted.")
+    steps: int | None = Field(default=None, ge=1, description="Denoising steps; server limit applies.")
+    fps: int | None = Field(
+        default=None, ge=1, description="Playback frame rate of the encoded clip; server limits and default apply."
+    )
+    response_format: VideoFormat = Field(
+        default="mp4",
+        description="`mp4` (H.264), animated `webp` or `gif` (one base64 item), or `frames` (one base64 PNG a frame).",
+    )
+
+
+class VideoData(BaseModel):
+    b64_json: str
+    format: Literal["mp4", "webp", "gif", "png"]
+
+
+class VideoGenerationResponse(BaseModel):
+    created: int
+    data: list[VideoData] = Field(description="One encoded clip, or one PNG per frame for `frames`.")
+    erasures: list[str] = Field(description="Erasures actually applied: requested plus mandatory, sorted.")
+    seed: int
+    size: str
+    num_frames: int
+    fps: int
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
 

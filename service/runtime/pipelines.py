@@ -1,15 +1,16 @@
 """The loaded pipelines, one per served model, with the call defaults read from each model.
 
-Models are pluggable: `register_loader("open-sora", loader)` adds a family without touching the rest of the
-service. A model whose source is configured but that has no loader fails loudly at startup (the service never
-reports ready), instead of silently serving without it.
+Models are pluggable: `register_loader(name, loader)` adds a family without touching the rest of the service
+("open-sora" is registered here and loads only when `ERASURE_OPEN_SORA_MODEL` is set). A model whose source is
+configured but that has no loader fails loudly at startup (the service never reports ready), instead of silently
+serving without it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,11 +37,17 @@ def _load_flux(source: str, settings: Settings) -> Any:
     )
 
 
-LOADERS: dict[str, EngineLoader] = {"flux": _load_flux}
+def _load_open_sora(source: str, settings: Settings) -> Any:
+    from service.runtime.open_sora import load_open_sora
+
+    return load_open_sora(source, settings)
+
+
+LOADERS: dict[str, EngineLoader] = {"flux": _load_flux, "open-sora": _load_open_sora}
 
 
 def register_loader(model: str, loader: EngineLoader) -> None:
-    """Registers how to load one model family's engine (e.g. Open-Sora once its pipeline lands)."""
+    """Registers (or replaces) how to load one model family's engine."""
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown model {model!r}; expected one of {MODEL_NAMES}")
     LOADERS[model] = loader
@@ -53,13 +60,22 @@ class ModelDefaults:
     Attributes:
         width, height: the default image size (the model's native size).
         max_sequence_length: the text length the model samples with (second tokenizer's `model_max_length`, <= 512).
-        packing: image sides must be multiples of this (`vae_scale_factor * 2`: VAE downsampling, then 2x2 packing).
+        packing: image sides must be multiples of this (`vae_scale_factor * 2`: VAE downsampling, then 2x2 packing;
+            for video models the engine's `packing`: spatial ratio times patch size).
+        num_frames: video models only (None for image models): the native frame count.
+        temporal_ratio: video models only: frame counts must be 1 + a multiple of this (the VAE's temporal ratio).
     """
 
     width: int
     height: int
     max_sequence_length: int
     packing: int
+    num_frames: int | None = None
+    temporal_ratio: int | None = None
+
+    @property
+    def is_video(self) -> bool:
+        return self.num_frames is not None
 
 
 def read_defaults(engine: Any, settings: Settings, model: str) -> ModelDefaults:
@@ -69,7 +85,19 @@ def read_defaults(engine: Any, settings: Settings, model: str) -> ModelDefaults:
     if overrides.default_size is not None:
         width, height = overrides.default_size
     length = overrides.max_sequence_length or engine.family.default_max_sequence_length(pipe)
-    return ModelDefaults(width=width, height=height, max_sequence_length=length, packing=int(pipe.vae_scale_factor) * 2)
+    temporal_ratio = getattr(engine, "temporal_ratio", None)
+    if temporal_ratio is None:
+        return ModelDefaults(
+            width=width, height=height, max_sequence_length=length, packing=int(pipe.vae_scale_factor) * 2
+        )
+    return ModelDefaults(
+        width=width,
+        height=height,
+        max_sequence_length=length,
+        packing=int(engine.packing),
+        num_frames=int(engine.native_num_frames),
+        temporal_ratio=int(temporal_ratio),
+    )
 
 
 @dataclass
@@ -94,10 +122,10 @@ class PipelinePool:
         self.handles = dict(handles or {})
 
     @classmethod
-    def load(cls, settings: Settings) -> PipelinePool:
-        """Loads every configured model. Raises ModelLoadError when one cannot be loaded."""
+    def load(cls, settings: Settings, models: Sequence[str] = MODEL_NAMES) -> PipelinePool:
+        """Loads every configured model (of `models`). Raises ModelLoadError when one cannot be loaded."""
         handles = {}
-        for model in MODEL_NAMES:
+        for model in models:
             source = settings.model_overrides(model).source
             if not source:
                 continue

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class GenerationJob:
-    """One request: `n` images of one prompt with consecutive seeds, under one erasure set."""
+    """One request: `n` images (or clips: `params` a `VideoParams`) of one prompt with consecutive seeds, under one
+    erasure set."""
 
     erasures: tuple[str, ...]
     prompts: list[str]
@@ -77,7 +78,9 @@ class GenerationScheduler:
     async def submit(
         self, erasures: Sequence[str], prompts: list[str], seeds: list[int], params: GenerationParams
     ) -> torch.Tensor:
-        """Queues one request and waits for its images [N, 3, H, W]. Raises OverloadedError when the queue is full."""
+        """Queues one request and waits for its images [N, 3, H, W] (clips [N, F, 3, H, W] from a video engine).
+
+        Raises OverloadedError when the queue is full."""
         if len(self._pending) >= self.max_queue:
             self.metrics.rejected.inc(model=self.model)
             raise OverloadedError(f"the {self.model} queue is full ({self.max_queue} requests waiting); retry later")

@@ -23,6 +23,7 @@ from service.runtime.pipelines import PipelinePool
 from service.runtime.registry import ErasureStore
 from service.runtime.scheduler import GenerationScheduler
 from service.runtime.tenancy import Tenancy
+from service.runtime.video_service import VideoService
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class ServiceRuntime:
         self.schedulers: dict[str, GenerationScheduler] = {}
         self.erasures = ErasureService(self.pool, self.store, self.runner, self.tenancy, self.managers)
         self.images = ImageService(settings, self.pool, self.store, self.tenancy, self.schedulers)
+        self.videos = VideoService(settings, self.pool, self.store, self.tenancy, self.schedulers)
         self.ready = False
         self.failure: str | None = None
         self._startup: asyncio.Task[None] | None = None

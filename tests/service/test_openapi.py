@@ -19,6 +19,7 @@ def test_spec_documents_every_route() -> None:
         "/v1/erasures/{erasure_id}",
         "/v1/erasures/{erasure_id}/lora",
         "/v1/images/generations",
+        "/v1/videos/generations",
         "/healthz",
         "/readyz",
         "/metrics",

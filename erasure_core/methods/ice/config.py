@@ -11,7 +11,9 @@ class ICEConfig(BaseModel):
     Attributes:
         alpha_erase: spectral expansion of the erase energies (1 = plain energy weighting; large = hard projector).
         alpha_preserve: spectral expansion of the preserve energies.
-        lam: weight of the overlap-preservation term (0 = erase the whole erase subspace).
+        lam: weight of the overlap-preservation term (0: no protection of directions shared with the preserve set).
+        preserve_scale: weight of keeping every preserve row's output unchanged (UCE's preserve term).
+        mu: ridge weight that makes the objective strongly convex (a unique, bounded solution).
         energy: fraction of the erase energy kept when truncating the erase basis.
         max_rank: cap on the erase basis size per text space (the delta's rank).
         mine_k: mined neighbour phrasings added when the spec asks to expand.
@@ -21,11 +23,13 @@ class ICEConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    alpha_erase: float = Field(default=8.0, ge=1.0, le=1e6)
+    alpha_erase: float = Field(default=100.0, ge=1.0, le=1e6)
     alpha_preserve: float = Field(default=8.0, ge=1.0, le=1e6)
-    lam: float = Field(default=4.0, ge=0.0, le=1e6)
-    energy: float = Field(default=0.98, gt=0.0, le=1.0)
-    max_rank: int = Field(default=48, ge=1, le=1024)
+    lam: float = Field(default=0.25, ge=0.0, le=1e6)
+    mu: float = Field(default=1e-3, gt=0.0, le=1e6)
+    preserve_scale: float = Field(default=4.0, ge=0.0, le=1e6)
+    energy: float = Field(default=0.999, gt=0.0, le=1.0)
+    max_rank: int = Field(default=128, ge=1, le=1024)
     mine_k: int = Field(default=6, ge=0, le=32)
     max_erase_rows: int = Field(default=4096, ge=16, le=65536)
     max_preserve_rows: int = Field(default=16384, ge=16, le=262144)

@@ -95,22 +95,66 @@ def solve_unlearning(a: torch.Tensor, o: torch.Tensor, *, lam: float) -> torch.T
     return torch.linalg.solve(system, a64.T).T.to(a.dtype)  # A S^{-1} with S symmetric
 
 
+def solve_dissociation(
+    z_e: torch.Tensor,
+    y_e: torch.Tensor,
+    z_p: torch.Tensor,
+    a: torch.Tensor,
+    *,
+    lam: float,
+    mu: float,
+    alpha_p: float,
+    preserve_scale: float = 1.0,
+) -> torch.Tensor:
+    """The dissociation map M* [k, k] in erase coordinates (rows: z = c V, targets y = (c - c_anchor) V).
+
+    Objective (strongly convex for mu > 0, so the minimiser is unique; sums over rows as in UCE):
+        J(M) = 1/2 sum_e ||A y - M z||^2 + preserve_scale/2 sum_p ||M z_p||^2
+               + n_e s/2 (lam tr(M O M^T) + mu ||M||_F^2)
+    with A the anisotropic erase weights, O the overlap (parallel sum) of the erase operator and the
+    energy-weighted preserve operator, and s the mean erase energy per direction (so lam and mu are scale-free).
+    Closed form: M* = A Y^T Z (Z^T Z + preserve_scale Z_p^T Z_p + n_e s (lam O + mu I))^{-1}.
+    """
+    k = z_e.shape[1]
+    z, y, zp = z_e.double(), y_e.double(), z_p.double()
+    g_zz = z.T @ z
+    g_yz = y.T @ z
+    g_pp = zp.T @ zp
+    scale = torch.trace(g_zz) / (k * len(z))
+    p_eval, p_vec = torch.linalg.eigh(g_pp)
+    p_ratio = (p_eval.clamp_min(0) / p_eval.clamp_min(0).max().clamp_min(1e-30)).clamp(0, 1)
+    b = (p_vec * spectral_expansion(p_ratio, alpha_p)) @ p_vec.T
+    o = overlap_projector(a.double(), b)
+    eye = torch.eye(k, dtype=torch.float64)
+    system = g_zz + preserve_scale * g_pp + len(z) * scale * (lam * o + mu * eye)
+    return (a.double() @ torch.linalg.solve(system, g_yz.T).T).to(z_e.dtype)  # system is symmetric
+
+
 def dissociation_operator(
-    x_e: torch.Tensor,
+    x_c: torch.Tensor,
+    x_a: torch.Tensor,
     x_p: torch.Tensor,
     *,
     alpha_e: float,
     alpha_p: float,
     lam: float,
+    mu: float = 1e-3,
+    preserve_scale: float = 1.0,
     energy: float = 0.99,
     max_rank: int = 128,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ICE operator D* = V_e M* V_e^T for one text space, returned as its factors (V_e [d, k], M* [k, k])."""
-    v_e, r_e = erase_basis(x_e, energy=energy, max_rank=max_rank)
+    """The ICE operator D* = V_e M* V_e^T for one text space, as its factors (V_e [d, k], M* [k, k]).
+
+    Args:
+        x_c: concept rows [n, d]; x_a: their position-aligned anchor rows [n, d]; x_p: preserve rows [m, d].
+    """
+    v_e, r_e = erase_basis(x_c - x_a, energy=energy, max_rank=max_rank)
     a = torch.diag(spectral_expansion(r_e / r_e.max(), alpha_e))
-    b = preserve_operator(x_p, v_e, alpha_p=alpha_p)
-    o = overlap_projector(a, b)
-    return v_e, solve_unlearning(a, o, lam=lam)
+    z_e, y_e = x_c.float() @ v_e, (x_c - x_a).float() @ v_e
+    m = solve_dissociation(
+        z_e, y_e, x_p.float() @ v_e, a, lam=lam, mu=mu, alpha_p=alpha_p, preserve_scale=preserve_scale
+    )
+    return v_e, m
 
 
 def layer_delta(w: torch.Tensor, v_e: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,10 +9,10 @@ from typing import Any
 from erasure_core.adapters import get_linear
 from erasure_core.artifacts import ErasureArtifact, LowRankDelta
 from erasure_core.checkpoints import CheckpointStore
-from erasure_core.concepts import ConceptSpec
+from erasure_core.concepts import ConceptSpec, protected_words
 from erasure_core.expansion import expand_concept
 from erasure_core.methods.base import ErasureMethod, MethodContext, Progress
-from erasure_core.methods.common import concept_rows, even_rows, top_rows
+from erasure_core.methods.common import concept_rows, even_rows, paired_top_rows
 from erasure_core.methods.ice.config import ICEConfig
 from erasure_core.methods.ice.kernel import dissociation_operator, layer_delta
 
@@ -36,6 +36,7 @@ class ICE(ErasureMethod):
     ) -> ErasureArtifact:
         assert isinstance(config, ICEConfig)
         started = time.perf_counter()
+        exclude = protected_words(spec, ctx.preserve_corpus)
         phrasings = expand_concept(
             ctx.pipe,
             ctx.family,
@@ -44,20 +45,24 @@ class ICE(ErasureMethod):
             mine=spec.expand,
             mine_k=config.mine_k,
             llm=ctx.llm if spec.expand else None,
+            exclude=exclude,
         )
         rows = concept_rows(ctx, spec, phrasings)
         encoded_at = time.perf_counter()
         deltas: dict[str, LowRankDelta] = {}
         ranks: dict[str, int] = {}
         for space in ctx.family.text_spaces:
-            x_e = top_rows(rows.erase[space.name] - rows.anchor[space.name], config.max_erase_rows)
+            x_c, x_a = paired_top_rows(rows.erase[space.name], rows.anchor[space.name], config.max_erase_rows)
             x_p = even_rows(rows.preserve[space.name], config.max_preserve_rows)
             v_e, m = dissociation_operator(
-                x_e,
+                x_c,
+                x_a,
                 x_p,
                 alpha_e=config.alpha_erase,
                 alpha_p=config.alpha_preserve,
                 lam=config.lam,
+                mu=config.mu,
+                preserve_scale=config.preserve_scale,
                 energy=config.energy,
                 max_rank=config.max_rank,
             )
