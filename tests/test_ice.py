@@ -32,8 +32,8 @@ from erasure_core.worlds.shapes import COLOR_NAMES, SHAPES, SYNONYMS
 TARGETS = ("triangle", "square")
 NAMED = {"triangle": ("pyramid",), "square": ("box",)}
 # With no anchor a concept goes to a neutral placeholder, and this world draws squares for ~8% of content-free
-# prompts; mapping square onto "blob" (which it never draws as a square) is the anchor a user would pick.
-ANCHORS = {"triangle": None, "square": "blob"}
+# prompts (its prior), so "no anchor" cannot push squares under 5%; the caller maps square onto circle instead.
+ANCHORS = {"triangle": None, "square": "circle"}
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ def build_samples(
     first_seed: int = 1000,
 ) -> list[Sample]:
     """Fixed evaluation samples: every shape word x colour x template x seed, with deterministic seeds."""
-    samples = []
+    samples: list[Sample] = []
     for shape in shapes:
         words = shape_words(shape) if include_synonyms else (shape,)
         for word in words:

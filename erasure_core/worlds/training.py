@@ -139,7 +139,8 @@ def build_training_set(vae: AutoencoderKL, size: int, seed: int) -> tuple[torch.
     captions = all_captions()
     index = {c: i for i, c in enumerate(captions)}
     tokens, pooled = encode(captions)
-    latents, rows = [], []
+    latents: list[torch.Tensor] = []
+    rows: list[int] = []
     for start in range(0, size, 1000):
         batch = sample_batch(min(1000, size - start), seed=seed * 1_000_003 + start)
         latents.append(_packed_latents(vae, batch.images))

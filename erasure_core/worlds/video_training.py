@@ -135,7 +135,8 @@ def build_video_training_set(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Renders and encodes `size` clips: (packed latents [N, tokens, d], caption rows [N] into `captions`)."""
     index = {c: i for i, c in enumerate(captions)}
-    latents, rows = [], []
+    latents: list[torch.Tensor] = []
+    rows: list[int] = []
     for start in range(0, size, 500):
         batch = sample_clips(min(500, size - start), seed=seed * 1_000_003 + start)
         latents.append(encode_clips(vae, batch.frames))

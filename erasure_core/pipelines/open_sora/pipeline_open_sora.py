@@ -120,7 +120,7 @@ class OpenSoraPipeline(DiffusionPipeline):
         transformer (`OpenSoraTransformer3DModel`): the MMDiT.
     """
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae"  # type: ignore[assignment]
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae"
     _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
     def __init__(

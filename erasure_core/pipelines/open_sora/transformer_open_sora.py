@@ -67,8 +67,8 @@ class OpenSoraAttnProcessor:
             value = torch.cat([txt_v, value], dim=1)
 
         if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, use_real_unbind_dim=-2, sequence_dim=1)  # type: ignore[arg-type]
-            key = apply_rotary_emb(key, image_rotary_emb, use_real_unbind_dim=-2, sequence_dim=1)  # type: ignore[arg-type]
+            query = apply_rotary_emb(query, image_rotary_emb, use_real_unbind_dim=-2, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, use_real_unbind_dim=-2, sequence_dim=1)
 
         out = dispatch_attention_fn(
             query,
@@ -114,7 +114,7 @@ class OpenSoraPosEmbed(nn.Module):
         return cos, sin
 
 
-class OpenSoraTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):  # type: ignore[misc]
+class OpenSoraTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     """The Open-Sora 2.0 MMDiT (11.9B at the defaults) with diffusers Flux module names.
 
     Args:
@@ -135,8 +135,8 @@ class OpenSoraTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):  # 
     """
 
     _supports_gradient_checkpointing = True
-    _no_split_modules = ["FluxTransformerBlock", "FluxSingleTransformerBlock"]  # type: ignore[assignment]
-    _skip_layerwise_casting_patterns = ["pos_embed", "norm"]  # type: ignore[assignment]
+    _no_split_modules = ["FluxTransformerBlock", "FluxSingleTransformerBlock"]
+    _skip_layerwise_casting_patterns = ["pos_embed", "norm"]
 
     @register_to_config
     def __init__(
@@ -206,7 +206,7 @@ class OpenSoraTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):  # 
 
     def _run_block(self, block: nn.Module, hidden_states, encoder_hidden_states, temb, rotary_emb, attn_kwargs):
         if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return self._gradient_checkpointing_func(  # type: ignore[misc]
+            return self._gradient_checkpointing_func(
                 block, hidden_states, encoder_hidden_states, temb, rotary_emb, attn_kwargs
             )
         return block(
