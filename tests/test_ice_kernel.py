@@ -9,7 +9,7 @@ from erasure_core.methods.ice.kernel import (
     erase_basis,
     layer_delta,
     overlap_projector,
-    solve_unlearning,
+    solve_dissociation,
     spectral_expansion,
 )
 
@@ -41,16 +41,22 @@ def test_parallel_sum_is_intersection_for_projectors() -> None:
     assert torch.allclose(o, torch.diag(torch.tensor([0.0, 1.0, 0.0])), atol=1e-6)
 
 
-def test_solution_is_the_unique_minimiser() -> None:
+def test_dissociation_solution_is_the_unique_minimiser() -> None:
     g = torch.Generator().manual_seed(1)
-    a = torch.diag(torch.rand(5, generator=g, dtype=torch.float64))
-    q = torch.randn(5, 5, generator=g, dtype=torch.float64)
-    o = q @ q.T / 10
-    m = solve_unlearning(a, o, lam=3.0)
-    grad = (m - a) + 3.0 * m @ o @ o.T  # gradient of the strongly convex objective
-    assert torch.allclose(grad, torch.zeros_like(grad), atol=1e-10)
-    assert torch.linalg.matrix_norm(m, ord=2) <= torch.linalg.matrix_norm(a, ord=2) + 1e-9
-    assert torch.allclose(solve_unlearning(a, o, lam=0.0), a)
+    k, n, m = 5, 40, 80
+    z, y, zp = (torch.randn(r, k, generator=g, dtype=torch.float64) for r in (n, n, m))
+    a = torch.diag(torch.rand(k, generator=g, dtype=torch.float64))
+    lam, mu, sp = 0.7, 1e-2, 2.0
+    mat = solve_dissociation(z, y, zp, a, lam=lam, mu=mu, alpha_p=8.0, preserve_scale=sp)
+    # Rebuild the objective's pieces and check that its gradient vanishes at the solution.
+    from erasure_core.methods.ice.kernel import overlap_projector, spectral_expansion
+
+    p_eval, p_vec = torch.linalg.eigh(zp.T @ zp)
+    b = (p_vec * spectral_expansion((p_eval / p_eval.max()).clamp(0, 1), 8.0)) @ p_vec.T
+    o = overlap_projector(a, b)
+    s = torch.trace(z.T @ z) / (k * n)
+    grad = -(a @ y.T - mat @ z.T) @ z + sp * mat @ zp.T @ zp + n * s * (lam * mat @ o + mu * mat)
+    assert torch.allclose(grad, torch.zeros_like(grad), atol=1e-8)
 
 
 def test_operator_maps_concept_onto_anchor_and_leaves_preserve_rows() -> None:

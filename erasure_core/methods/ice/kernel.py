@@ -1,31 +1,37 @@
 """ICE kernels: tensors in, tensors out, in the notation of CURE (arXiv 2505.12677) and ICE (arXiv 2511.18684).
 
 ICE ("Now You See It, Now You Don't: Instant Concept Erasure", Das Biswas, Roy & Roy) states its parts but its
-equations are not public. This module implements those parts with the choices documented below; every choice keeps
-a property the abstract states (anisotropic energy weighting, a unique closed-form overlap projector, a convex
-Lipschitz-bounded objective with an analytical solution, a dissociation operator written into the text layers).
+equations are not public. This module implements those parts with the choices documented below; each keeps a
+property the abstract states: anisotropic energy-weighted erase and preserve subspaces, a unique closed-form overlap
+projector, a convex objective with a unique analytical solution, and a dissociation operator written into the
+text-conditioning layers.
 
-Notation (per text space of dimension d; rows are embeddings):
-  X_e [n_e, d]  erase rows: the concept's embeddings minus its anchor's (position-aligned), so they span exactly
-                the directions that separate the concept from what it should become.
-  X_p [n_p, d]  preserve rows: embeddings of prompts whose outputs must not change.
-  V_e [d, k]    the erase basis: right singular vectors of X_e (CURE Eq. 2), truncated at an energy fraction.
-  r_i           energy ratios sigma_i^2 / sum_j sigma_j^2 (CURE).
+Notation (per text space of dimension d; rows are embeddings at every token position):
+  X_c [n, d]    concept rows (the concept in many contexts);  X_a [n, d]  the same prompts with the concept replaced
+                by its anchor (or a neutral placeholder of the same word count), position for position.
+  X_p [m, d]    preserve rows: prompts whose outputs must not change.
+  V_e [d, k]    the erase basis: right singular vectors of X_c - X_a (CURE Eq. 2), truncated at an energy fraction
+                (a seeded randomized SVD when the matrix is large).
+  r_i           energy ratios sigma_i^2 / ||X_c - X_a||_F^2 (CURE).
   f(r; alpha)   spectral expansion alpha r / ((alpha - 1) r + 1) (CURE Eq. 4): f(0) = 0, f(1) = 1, in [0, 1].
-  A = diag(f(r_e / r_e,1; alpha_e))  anisotropic erase operator, in erase coordinates (CURE Eq. 3). (Choice: the
-                                     ratios are taken relative to the dominant direction, so the leading concept
-                                     direction is always fully erased however many prompts spread the energy.)
-  B = Z diag(f(q; alpha_p)) Z^T      anisotropic preserve operator seen from the erase subspace: q_i are the
-                                     preserve set's energy ratios along the eigen-directions Z of
-                                     V_e^T X_p^T X_p V_e / ||X_p||_F^2. (Choice: compressing to the erase subspace
-                                     first keeps the cost at O(n_p d k) instead of a d x d eigen-decomposition.)
-  O = 2 A (A + B)^+ B                the overlap projector: the Anderson-Duffin parallel sum, the unique closed
-                                     form of the projector onto range(A) ∩ range(B) for orthogonal projectors and
-                                     their harmonic mean for soft ones. (CURE's P_f P_r is its first-order surrogate.)
-  Objective  min_M  1/2 ||M - A||_F^2 + lambda/2 ||M O||_F^2      (strongly convex -> unique minimiser)
-  Solution   M* = A (I + lambda O O^T)^{-1}                        (||M*||_2 <= ||A||_2 <= 1: Lipschitz-bounded)
-  Dissociation operator  D* = V_e M* V_e^T,  and each layer reading the space becomes  W <- W (I - D*),
-  i.e. a rank-k delta  Delta W = -(W V_e M*) V_e^T,  stored exactly as LoRA factors B = -W V_e M*, A = V_e^T.
+  A = diag(f(r_e / r_e,1; alpha_e))  anisotropic erase weights (CURE Eq. 3). Choice: ratios relative to the dominant
+                                     direction, so the leading concept direction is always fully weighted.
+  B = Q diag(f(p / p_1; alpha_p)) Q^T  the anisotropic preserve operator seen from the erase subspace (eigen-pairs of
+                                     the preserve rows' second moment in erase coordinates). Choice: compressing to
+                                     the erase subspace first keeps the cost O(m d k), never a d x d decomposition.
+  O = 2 A (A + B)^+ B                the overlap projector: the Anderson-Duffin parallel sum, the unique closed form of
+                                     the projector onto range(A) ∩ range(B) for orthogonal projectors (their harmonic
+                                     mean for soft ones). CURE's P_f P_r is its first-order surrogate.
+  Objective, with Z = X_c V_e, Y = (X_c - X_a) V_e, Z_p = X_p V_e (strongly convex for mu > 0):
+      J(M) = 1/2 sum ||A y - M z||^2 + s_p/2 sum ||M z_p||^2 + n s/2 (lam tr(M O M^T) + mu ||M||_F^2)
+  Solution  M* = A Y^T Z (Z^T Z + s_p Z_p^T Z_p + n s (lam O + mu I))^{-1}   (unique; s = mean erase energy)
+  Dissociation operator  D* = V_e M* V_e^T; every layer reading the space becomes W <- W (I - D*), i.e. the exact
+  rank-k delta  Delta W = -(W V_e M*) V_e^T, stored as LoRA factors B = -W V_e M*, A = V_e^T.
+
+Why a map and not a projector: a projector (I - P) only removes directions, and what remains of the concept prompt
+still lies where the model draws the concept (on the demo world a projector left triangles in ~70% of samples); the
+map sends the concept's states onto its anchor's, which is also what "map the concept onto an anchor" requires.
+The preserve term (s_p) is UCE's (Gandikota et al. 2024), restricted here to the spectral erase subspace.
 """
 
 from __future__ import annotations
@@ -68,31 +74,12 @@ def erase_basis(x_e: torch.Tensor, *, energy: float, max_rank: int) -> tuple[tor
     return v[:, :k].to(x_e.dtype).contiguous(), r[:k].to(x_e.dtype)
 
 
-def preserve_operator(x_p: torch.Tensor, v_e: torch.Tensor, *, alpha_p: float) -> torch.Tensor:
-    """B [k, k]: the preserve set's energy-weighted operator, compressed to the erase subspace."""
-    if x_p.numel() == 0:
-        return torch.zeros(v_e.shape[1], v_e.shape[1], dtype=v_e.dtype)
-    y = (x_p.float() @ v_e.float()).double()
-    q_mat = (y.T @ y) / torch.linalg.vector_norm(x_p.float()).double().pow(2)
-    q, z = torch.linalg.eigh(q_mat)
-    weights = spectral_expansion(q.clamp(0, 1), alpha_p)
-    return ((z * weights) @ z.T).to(v_e.dtype)
-
-
 def overlap_projector(a: torch.Tensor, b: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
     """O = 2 A (A + B)^+ B, symmetrised: the parallel sum of two PSD operators (exact for projectors)."""
     eye = torch.eye(a.shape[0], dtype=torch.float64)
     a64, b64 = a.double(), b.double()
     o = 2.0 * a64 @ torch.linalg.solve(a64 + b64 + eps * eye, b64)
     return (0.5 * (o + o.T)).to(a.dtype)
-
-
-def solve_unlearning(a: torch.Tensor, o: torch.Tensor, *, lam: float) -> torch.Tensor:
-    """M* = argmin 1/2 ||M - A||^2 + lam/2 ||M O||^2 = A (I + lam O O^T)^{-1} (unique; lam >= 0)."""
-    eye = torch.eye(a.shape[0], dtype=torch.float64)
-    a64, o64 = a.double(), o.double()
-    system = eye + lam * (o64 @ o64.T)
-    return torch.linalg.solve(system, a64.T).T.to(a.dtype)  # A S^{-1} with S symmetric
 
 
 def solve_dissociation(
