@@ -109,11 +109,11 @@ def _write_tokenizer_slot(target: Path) -> None:
     tokenizer.save_pretrained(str(target))
 
 
-def _build(target: Path, weights: Path) -> None:
+def _build(target: Path, weights: Path, model_index: dict[str, Any], scheduler: dict[str, Any]) -> None:
     target.mkdir(parents=True)
-    (target / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
+    (target / "model_index.json").write_text(json.dumps(model_index, indent=2))
     (target / "scheduler").mkdir()
-    (target / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2))
+    (target / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
     for component in ("vae", "transformer"):
         shutil.copytree(weights / component, target / component)
     for slot in ("text_encoder", "text_encoder_2"):
@@ -122,33 +122,38 @@ def _build(target: Path, weights: Path) -> None:
         _write_tokenizer_slot(target / slot)
 
 
-def assemble_flux_world(cache_dir: Path | None = None, weights: Path = FLUX_WORLD_WEIGHTS) -> Path:
-    """Assembles (or reuses) the diffusers directory of the Flux demo world and returns its path.
+def assemble_world(
+    name: str, weights: Path, model_index: dict[str, Any], scheduler: dict[str, Any], cache_dir: Path | None = None
+) -> Path:
+    """Assembles (or reuses) a demo world's diffusers directory `<cache>/<name>-<digest>` and returns its path.
 
     The folder name carries a digest of the committed weights, so retrained weights never reuse a stale folder.
     It is built in a temporary folder and renamed into place, so a killed process never leaves a half-built world.
     """
     if not (weights / "transformer" / "config.json").is_file():
-        raise FileNotFoundError(
-            f"demo-world weights not found under {weights}; run `python scripts/train_demo_world.py` to train them"
-        )
+        raise FileNotFoundError(f"demo-world weights not found under {weights}; run the world's training script")
     root = cache_dir or default_cache_dir()
-    target = root / f"demo-flux-{_weights_digest(weights)}"
+    target = root / f"{name}-{_weights_digest(weights)}"
     if (target / "model_index.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
-        _build(staging / "world", weights)
+        _build(staging / "world", weights, model_index, scheduler)
         try:
             (staging / "world").rename(target)
         except OSError:
             if not (target / "model_index.json").is_file():  # lost a race to a process that built it: fine
                 raise
-        logger.info("assembled the Flux demo world at %s", target)
+        logger.info("assembled the %s world at %s", name, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def assemble_flux_world(cache_dir: Path | None = None, weights: Path = FLUX_WORLD_WEIGHTS) -> Path:
+    """Assembles (or reuses) the diffusers directory of the Flux demo world and returns its path."""
+    return assemble_world("demo-flux", weights, MODEL_INDEX, SCHEDULER_CONFIG, cache_dir)
 
 
 def world_preserve_corpus() -> list[str]:

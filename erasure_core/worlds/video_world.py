@@ -14,10 +14,7 @@ samples exactly what the model was trained on. The per-frame judge is the image 
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +22,7 @@ from typing import Any
 
 import torch
 
-from erasure_core.worlds.flux_world import (
-    _weights_digest,
-    _write_encoder_slot,
-    _write_tokenizer_slot,
-    default_cache_dir,
-)
+from erasure_core.worlds.flux_world import assemble_world
 from erasure_core.worlds.judge import ShapeJudge, judge_images, load_judge
 from erasure_core.worlds.shapes import SHAPES, caption, shape_center
 
@@ -98,47 +90,12 @@ def load_frame_judge() -> ShapeJudge:
     return load_judge()
 
 
-def _build(target: Path, weights: Path) -> None:
-    target.mkdir(parents=True)
-    (target / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
-    (target / "scheduler").mkdir()
-    (target / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2))
-    for component in ("vae", "transformer"):
-        shutil.copytree(weights / component, target / component)
-    for slot in ("text_encoder", "text_encoder_2"):
-        _write_encoder_slot(target / slot)
-    for slot in ("tokenizer", "tokenizer_2"):
-        _write_tokenizer_slot(target / slot)
-
-
 def assemble_video_world(cache_dir: Path | None = None, weights: Path = VIDEO_WORLD_WEIGHTS) -> Path:
     """Assembles (or reuses) the diffusers directory of the video demo world and returns its path.
 
-    The folder name carries a digest of the committed weights, so retrained weights never reuse a stale folder; it is
-    built in a temporary folder and renamed into place, so a killed process never leaves a half-built world. Load it
-    with `OpenSoraPipeline.from_pretrained(path)` (importing `erasure_core.pipelines.open_sora` first).
+    Load it with `OpenSoraPipeline.from_pretrained(path)` (importing `erasure_core.pipelines.open_sora` first).
     """
-    if not (weights / "transformer" / "config.json").is_file():
-        raise FileNotFoundError(
-            f"video-world weights not found under {weights}; run `python scripts/train_video_world.py` to train them"
-        )
-    root = cache_dir or default_cache_dir()
-    target = root / f"demo-video-{_weights_digest(weights)}"
-    if (target / "model_index.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
-    try:
-        _build(staging / "world", weights)
-        try:
-            (staging / "world").rename(target)
-        except OSError:
-            if not (target / "model_index.json").is_file():  # lost a race to a process that built it: fine
-                raise
-        logger.info("assembled the video demo world at %s", target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return assemble_world("demo-video", weights, MODEL_INDEX, SCHEDULER_CONFIG, cache_dir)
 
 
 MOTION_THRESHOLD_PX = 2.0
