@@ -41,7 +41,8 @@ class TransformerTrainConfig:
     seed: int = 0
 
 
-def _cosine_lr(step: int, total: int, warmup: int) -> float:
+def cosine_lr(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to 5% (shared by the demo worlds' training)."""
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -56,7 +57,7 @@ def train_vae(steps: int = 1000, batch_size: int = 32, seed: int = 0) -> Autoenc
     vae.train()
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = 2e-3 * _cosine_lr(step, steps, 50)
+            group["lr"] = 2e-3 * cosine_lr(step, steps, 50)
         x = sample_batch(batch_size, seed=10_000_000 + step).images * 2 - 1
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
@@ -103,7 +104,7 @@ def train_judge(
     n_none = batch_size // 8
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = 2e-3 * _cosine_lr(step, steps, 50)
+            group["lr"] = 2e-3 * cosine_lr(step, steps, 50)
         batch = sample_batch(batch_size - n_none, seed=20_000_000 + step)
         images = torch.cat([batch.images, sample_distractors(n_none, seed=30_000_000 + step)])
         images = _augment_like_samples(images, g, vae)
@@ -127,7 +128,7 @@ def _packed_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     return FluxPipeline._pack_latents(latents, n, c, h, w)
 
 
-def _sample_sigmas(n: int, g: torch.Generator) -> torch.Tensor:
+def sample_sigmas(n: int, g: torch.Generator) -> torch.Tensor:
     """Half uniform, half logit-normal noise levels in (0, 1)."""
     uniform = torch.rand(n, generator=g)
     logit_normal = torch.sigmoid(torch.randn(n, generator=g))
@@ -169,11 +170,11 @@ def train_flux_transformer(
     started = time.monotonic()
     for step in range(config.steps):
         for group in opt.param_groups:
-            group["lr"] = config.lr * _cosine_lr(step, config.steps, config.warmup)
+            group["lr"] = config.lr * cosine_lr(step, config.steps, config.warmup)
         idx = torch.randint(len(latents), (config.batch_size,), generator=g)
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=g)
-        sigma = _sample_sigmas(config.batch_size, g)
+        sigma = sample_sigmas(config.batch_size, g)
         x_t = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         pred = model(
             hidden_states=x_t,

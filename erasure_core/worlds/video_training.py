@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from erasure_core.pipelines.open_sora.pipeline_open_sora import decorate_prompt,
 from erasure_core.pipelines.open_sora.transformer_open_sora import OpenSoraTransformer3DModel
 from erasure_core.worlds.clips import all_clip_captions, sample_clips
 from erasure_core.worlds.text import encode
+from erasure_core.worlds.training import cosine_lr, sample_sigmas
 from erasure_core.worlds.video_world import TRANSFORMER_CONFIG, VAE_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -65,13 +65,6 @@ class VideoTransformerTrainConfig:
     seed: int = 0
 
 
-def _cosine_lr(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * progress)) * 0.95 + 0.05
-
-
 def clips_to_video(frames: torch.Tensor) -> torch.Tensor:
     """[N, F, 3, H, W] in [0, 1] -> the VAE's [N, 3, F, H, W] in [-1, 1]."""
     return frames.permute(0, 2, 1, 3, 4) * 2 - 1
@@ -87,7 +80,7 @@ def train_video_vae(config: VideoVaeTrainConfig | None = None) -> AutoencoderKLH
     started = time.monotonic()
     for step in range(config.steps):
         for group in opt.param_groups:
-            group["lr"] = config.lr * _cosine_lr(step, config.steps, 50)
+            group["lr"] = config.lr * cosine_lr(step, config.steps, 50)
         x = clips_to_video(sample_clips(config.batch_size, seed=40_000_000 + step).frames)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
@@ -144,13 +137,6 @@ def build_video_training_set(
     return torch.cat(latents), torch.tensor(rows)
 
 
-def _sample_sigmas(n: int, g: torch.Generator) -> torch.Tensor:
-    """Half uniform, half logit-normal noise levels in (0, 1)."""
-    uniform = torch.rand(n, generator=g)
-    logit_normal = torch.sigmoid(torch.randn(n, generator=g))
-    return torch.where(torch.arange(n) % 2 == 0, uniform, logit_normal).clamp(1e-4, 1 - 1e-4)
-
-
 def latent_grid() -> tuple[int, int, int]:
     """(latent frames, token rows, token columns) of a native clip."""
     patch = int(TRANSFORMER_CONFIG["patch_size"])
@@ -189,14 +175,14 @@ def train_video_transformer(
     started = time.monotonic()
     for step in range(config.steps):
         for group in opt.param_groups:
-            group["lr"] = config.lr * _cosine_lr(step, config.steps, config.warmup)
+            group["lr"] = config.lr * cosine_lr(step, config.steps, config.warmup)
         idx = torch.randint(len(latents), (config.batch_size,), generator=g)
         text_rows = rows[idx.to(device)]
         drop = (torch.rand(config.batch_size, generator=g) < config.uncond_probability).to(device)
         text_rows = torch.where(drop, torch.full_like(text_rows, negative), text_rows)
         x0 = latents[idx.to(device)]
         noise = torch.randn(x0.shape, generator=g).to(device)
-        sigma = _sample_sigmas(config.batch_size, g).to(device)
+        sigma = sample_sigmas(config.batch_size, g).to(device)
         x_t = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         pred = model(
             hidden_states=x_t,
