@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from erasure_core.families.flux import default_max_sequence_length, native_size
 
@@ -182,7 +181,3 @@ class _RecordingProcessor:
         enc, img = out[:, :n_txt], out[:, n_txt:]
         img = attn.to_out[1](attn.to_out[0](img.contiguous()))
         return img, attn.to_add_out(enc.contiguous())
-
-
-def flow_matching_loss(pred: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(pred, noise - x0)

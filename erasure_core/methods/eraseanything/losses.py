@@ -24,6 +24,11 @@ def esd_loss(vn: torch.Tensor, v0: torch.Tensor, vp: torch.Tensor, eta: float) -
     return F.mse_loss(vn, esd_target(v0, vp, eta).detach())
 
 
+def flow_matching_loss(pred: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """Rectified-flow loss ||v - (noise - x0)||^2 (the retain term on concept images)."""
+    return F.mse_loss(pred, noise - x0)
+
+
 def attention_suppression(probs: torch.Tensor, keyword_mask: torch.Tensor) -> torch.Tensor:
     """Sum over the batch of the Frobenius norm of the attention paid to the concept tokens.
 

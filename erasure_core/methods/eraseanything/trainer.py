@@ -179,7 +179,7 @@ class EraseAnythingTrainer:
         cfg = self.cfg
         x0, noise, sigma, z_nce = state["x0"], state["noise"], state["sigma"], state["z_nce"]
         x_t = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
-        fm = losses.F.mse_loss(self.ops.velocity(self.pipe, x_t, sigma, batch.concept), noise - x0)
+        fm = losses.flow_matching_loss(self.ops.velocity(self.pipe, x_t, sigma, batch.concept), noise, x0)
         signatures = {}
         n_text = batch.concept.tokens.shape[1]
         k = len(cfg.irrelevant)
