@@ -46,18 +46,7 @@ def time_real_dims(repeats: int = 3) -> dict[str, float]:
 
     def run() -> None:
         for name, (x_c, x_a, x_p) in inputs.items():
-            v, m = dissociation_operator(
-                x_c,
-                x_a,
-                x_p,
-                alpha_e=cfg.alpha_erase,
-                alpha_p=cfg.alpha_preserve,
-                lam=cfg.lam,
-                mu=cfg.mu,
-                preserve_scale=cfg.preserve_scale,
-                energy=cfg.energy,
-                max_rank=cfg.max_rank,
-            )
+            v, m = dissociation_operator(x_c, x_a, x_p, **cfg.kernel_kwargs())
             layer_delta(weights[name], v, m)
 
     run()  # warm-up

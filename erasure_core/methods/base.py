@@ -52,6 +52,20 @@ class ErasureMethod(ABC):
             details = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
             raise InvalidConfigError(f"invalid options for method {self.name!r}: {details}") from e
 
+    def metadata(
+        self, ctx: MethodContext, spec: ConceptSpec, config: BaseModel, phrasings: list[str], **extra: Any
+    ) -> dict[str, Any]:
+        """The artifact metadata every method records: method, family, base model, concept, phrasings, params."""
+        return {
+            "method": self.name,
+            "family": ctx.family.name,
+            "base_model": {"id": ctx.model_id, "layer_hash": ctx.layer_hash},
+            "concept": spec.model_dump(mode="json"),
+            "phrasings": phrasings,
+            "params": config.model_dump(mode="json"),
+            **extra,
+        }
+
     @abstractmethod
     def compute(
         self,

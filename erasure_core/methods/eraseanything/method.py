@@ -51,13 +51,5 @@ class EraseAnything(ErasureMethod):
             }
         finally:
             trainer.lora.remove()
-        metadata = {
-            "method": self.name,
-            "family": ctx.family.name,
-            "base_model": {"id": ctx.model_id, "layer_hash": ctx.layer_hash},
-            "concept": spec.model_dump(mode="json"),
-            "phrasings": phrasings,
-            "params": config.model_dump(mode="json"),
-            "stats": {"steps": trainer.step, "train_s": round(time.perf_counter() - started, 2)},
-        }
-        return ErasureArtifact(deltas, metadata)
+        stats = {"steps": trainer.step, "train_s": round(time.perf_counter() - started, 2)}
+        return ErasureArtifact(deltas, self.metadata(ctx, spec, config, phrasings, stats=stats))

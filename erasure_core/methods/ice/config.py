@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -33,3 +35,15 @@ class ICEConfig(BaseModel):
     mine_k: int = Field(default=6, ge=0, le=32)
     max_erase_rows: int = Field(default=4096, ge=16, le=65536)
     max_preserve_rows: int = Field(default=16384, ge=16, le=262144)
+
+    def kernel_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `kernel.dissociation_operator` these settings stand for."""
+        return {
+            "alpha_e": self.alpha_erase,
+            "alpha_p": self.alpha_preserve,
+            "lam": self.lam,
+            "mu": self.mu,
+            "preserve_scale": self.preserve_scale,
+            "energy": self.energy,
+            "max_rank": self.max_rank,
+        }

@@ -54,40 +54,21 @@ class ICE(ErasureMethod):
         for space in ctx.family.text_spaces:
             x_c, x_a = paired_top_rows(rows.erase[space.name], rows.anchor[space.name], config.max_erase_rows)
             x_p = even_rows(rows.preserve[space.name], config.max_preserve_rows)
-            v_e, m = dissociation_operator(
-                x_c,
-                x_a,
-                x_p,
-                alpha_e=config.alpha_erase,
-                alpha_p=config.alpha_preserve,
-                lam=config.lam,
-                mu=config.mu,
-                preserve_scale=config.preserve_scale,
-                energy=config.energy,
-                max_rank=config.max_rank,
-            )
+            v_e, m = dissociation_operator(x_c, x_a, x_p, **config.kernel_kwargs())
             ranks[space.name] = int(v_e.shape[1])
             for layer in space.layers:
                 weight = get_linear(ctx.pipe.transformer, layer).weight.detach().float().cpu()
                 a, b = layer_delta(weight, v_e, m)
                 deltas[layer] = LowRankDelta(a, b, 1.0)
         solved_at = time.perf_counter()
-        metadata = {
-            "method": self.name,
-            "family": ctx.family.name,
-            "base_model": {"id": ctx.model_id, "layer_hash": ctx.layer_hash},
-            "concept": spec.model_dump(mode="json"),
-            "phrasings": phrasings,
-            "params": config.model_dump(mode="json"),
-            "stats": {
-                "erase_prompts": rows.n_erase,
-                "preserve_prompts": rows.n_preserve,
-                "ranks": ranks,
-                "encode_s": round(encoded_at - started, 4),
-                "solve_s": round(solved_at - encoded_at, 4),
-            },
+        stats = {
+            "erase_prompts": rows.n_erase,
+            "preserve_prompts": rows.n_preserve,
+            "ranks": ranks,
+            "encode_s": round(encoded_at - started, 4),
+            "solve_s": round(solved_at - encoded_at, 4),
         }
         if progress is not None:
             progress(1, 1, {})
         logger.info("ice erasure of %r: phrasings=%s ranks=%s", spec.concept, phrasings, ranks)
-        return ErasureArtifact(deltas, metadata)
+        return ErasureArtifact(deltas, self.metadata(ctx, spec, config, phrasings, stats=stats))

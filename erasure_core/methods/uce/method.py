@@ -75,14 +75,6 @@ class UCE(ErasureMethod):
                     preserve_scale=config.preserve_scale,
                 )
                 deltas[layer] = _low_rank(w_new - w)
-        metadata = {
-            "method": self.name,
-            "family": ctx.family.name,
-            "base_model": {"id": ctx.model_id, "layer_hash": ctx.layer_hash},
-            "concept": spec.model_dump(mode="json"),
-            "phrasings": phrasings,
-            "params": config.model_dump(mode="json"),
-        }
         if progress is not None:
             progress(1, 1, {})
-        return ErasureArtifact(deltas, metadata)
+        return ErasureArtifact(deltas, self.metadata(ctx, spec, config, phrasings))
