@@ -1,6 +1,6 @@
 """ICE benchmark: (a) seconds per edit at real Flux dimensions; (b) the demo-world table ICE vs UCE vs none.
 
-Usage: python bench/ice.py [--skip-table] [--shapes triangle cross] [--seeds 2]
+Usage: python bench/ice.py [--skip-table] [--shapes triangle cross] [--seeds 2] [--eta 2 4]
 Prints one JSON object. (a) times the closed-form solve and the low-rank deltas for Flux's two text layers
 (context_embedder 4096 -> 3072, text_embedder.linear_1 768 -> 3072) from 1,000 erase and 10,000 preserve token
 embeddings with random weights, excluding text encoding; target <= 1 s on this machine. (b) erases each shape with
@@ -65,7 +65,7 @@ def time_real_dims(repeats: int = 3) -> dict[str, float]:
     }
 
 
-def demo_table(shapes: list[str], seeds: int) -> dict[str, object]:
+def demo_table(shapes: list[str], seeds: int, etas: list[float]) -> dict[str, object]:
     from erasure_core.concepts import ConceptSpec
     from erasure_core.engine import ErasureEngine
     from erasure_core.worlds.evaluation import engine_generator, erasure_samples, judge_samples
@@ -76,7 +76,9 @@ def demo_table(shapes: list[str], seeds: int) -> dict[str, object]:
     judge = load_judge()
     rows: dict[str, dict[str, float]] = {}
     per_shape: dict[str, dict[str, dict[str, float]]] = {}
-    for method in ("none", "uce", "ice"):
+    variants: list[tuple[str, str, dict[str, float]]] = [("none", "none", {}), ("uce", "uce", {}), ("ice", "ice", {})]
+    variants += [(f"ice_eta{eta:g}", "ice", {"eta": eta}) for eta in etas]
+    for label, method, options in variants:
         totals: dict[str, list[float]] = {"target": [], "unnamed_synonyms": [], "preserved": [], "color": [], "s": []}
         for shape in shapes:
             named, unnamed = SYNONYMS[shape][:1], list(SYNONYMS[shape][1:])
@@ -84,10 +86,11 @@ def demo_table(shapes: list[str], seeds: int) -> dict[str, object]:
             erasures: list[str] = []
             if method != "none":
                 start = time.perf_counter()
-                artifact = engine.erase(ConceptSpec(concept=shape, synonyms=named, expand=True), method=method)
+                spec = ConceptSpec(concept=shape, synonyms=named, expand=True)
+                artifact = engine.erase(spec, method=method, options=options)
                 totals["s"].append(time.perf_counter() - start)
-                engine.attach(f"{method}-{shape}", artifact)
-                erasures = [f"{method}-{shape}"]
+                engine.attach(f"{label}-{shape}", artifact)
+                erasures = [f"{label}-{shape}"]
             report = judge_samples(engine_generator(engine, erasures), samples, judge)
             others = [s for s in SHAPES if s != shape]
             figures = {
@@ -96,10 +99,10 @@ def demo_table(shapes: list[str], seeds: int) -> dict[str, object]:
                 "preserved": sum(report.word_rate[s] for s in others) / len(others),
                 "color": report.mean_color_accuracy,
             }
-            per_shape.setdefault(method, {})[shape] = {k: round(v, 3) for k, v in figures.items()}
+            per_shape.setdefault(label, {})[shape] = {k: round(v, 3) for k, v in figures.items()}
             for key, value in figures.items():
                 totals[key].append(value)
-        rows[method] = {k: round(sum(v) / len(v), 3) for k, v in totals.items() if v}
+        rows[label] = {k: round(sum(v) / len(v), 3) for k, v in totals.items() if v}
     return {"shapes": shapes, "seeds_per_prompt": seeds, "mean": rows, "per_shape": per_shape}
 
 
@@ -108,11 +111,12 @@ def main() -> None:
     parser.add_argument("--skip-table", action="store_true")
     parser.add_argument("--shapes", nargs="+", default=["circle", "square", "triangle", "cross", "diamond"])
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--eta", type=float, nargs="*", default=[], help="extra ICE rows with these eta values")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     result: dict[str, object] = {"real_dims_edit": time_real_dims()}
     if not args.skip_table:
-        result["demo_table"] = demo_table(args.shapes, args.seeds)
+        result["demo_table"] = demo_table(args.shapes, args.seeds, args.eta)
     print(json.dumps(result, indent=2))
 
 

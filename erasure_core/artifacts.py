@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save, save_file
+from safetensors.torch import save
 
 from erasure_core.errors import ArtifactError
 
@@ -111,13 +111,19 @@ class ErasureArtifact:
         return out
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Writes a safetensors file atomically: serialized in memory, written to a `.{name}.*.tmp` file, fsynced, renamed.
+
+    Serializing ourselves (not `save_file`) matters: recent safetensors releases stage through their own
+    `.tmpXXXXXX` file in the target folder, which a crash would leave behind under a name recovery does not own.
+    """
+    data = save(tensors, metadata=metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -133,7 +139,7 @@ def _atomic_write(path: Path, write: Any) -> None:
 def save_artifact(artifact: ErasureArtifact, path: str | Path) -> Path:
     """Writes the artifact atomically; returns the path."""
     path = Path(path)
-    _atomic_write(path, lambda tmp: save_file(artifact.tensors(), tmp, metadata=artifact.header()))
+    atomic_write_safetensors(path, artifact.tensors(), artifact.header())
     return path
 
 
@@ -141,7 +147,7 @@ def save_lora(artifact: ErasureArtifact, path: str | Path) -> Path:
     """Writes the diffusers-compatible LoRA export atomically."""
     path = Path(path)
     meta = {"format": "pt", "erasure_content_hash": artifact.content_hash()}
-    _atomic_write(path, lambda tmp: save_file(artifact.to_diffusers_lora(), tmp, metadata=meta))
+    atomic_write_safetensors(path, artifact.to_diffusers_lora(), meta)
     return path
 
 

@@ -11,9 +11,8 @@ from typing import Any, Protocol
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from erasure_core.artifacts import _atomic_write
+from erasure_core.artifacts import atomic_write_safetensors
 
 _STATE_KEY = "state"
 
@@ -38,10 +37,18 @@ class FileCheckpoints:
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
         return tensors, state
 
+    def saved_step(self) -> int | None:
+        """The step of the saved checkpoint (reads only the header), or None when there is none."""
+        if not self.path.is_file():
+            return None
+        with safe_open(str(self.path), framework="pt") as handle:
+            step = json.loads((handle.metadata() or {}).get(_STATE_KEY, "{}")).get("step")
+        return int(step) if step is not None else None
+
     def save(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         meta = {_STATE_KEY: json.dumps(state)}
         contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        _atomic_write(self.path, lambda tmp: save_file(contiguous, tmp, metadata=meta))
+        atomic_write_safetensors(self.path, contiguous, meta)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -83,7 +83,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     except ImportError:
         logger.error("the service package with job support is not installed")
         return 2
-    run_worker(burst=args.burst)
+    processed = run_worker(burst=args.burst)
+    logger.info("worker stopped (%s)", "jobs processed" if processed else "no jobs processed")
     return 0
 
 

@@ -70,3 +70,9 @@ class ErasureFailedError(ServiceError):
     """Computing an erasure failed."""
 
     code = "erasure_failed"
+
+
+class QueueUnavailableError(ServiceError):
+    """The Redis job queue cannot be reached: trained (queued) erasures cannot be accepted right now."""
+
+    code = "queue_unavailable"

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     # Storage and jobs.
     data_dir: Path = Path.home() / ".local" / "share" / "erasure"
     redis_url: str | None = None
+    redis_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    queue_prefix: str = Field(default="erasure-", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    job_lease_s: float = Field(default=30.0, ge=0.5, le=3600)
+    job_max_attempts: int = Field(default=3, ge=1, le=100)
+    job_timeout_s: int = Field(default=7 * 86400, ge=60)
 
     # Server.
     host: str = "127.0.0.1"

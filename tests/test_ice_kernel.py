@@ -87,3 +87,19 @@ def test_layer_delta_is_exact() -> None:
     m = torch.randn(4, 4, generator=g)
     a, b = layer_delta(w, v, m)
     assert torch.allclose(w + b @ a, w @ (torch.eye(20) - v @ m @ v.T), atol=1e-5)
+
+
+def test_eta_pushes_the_concept_past_its_anchor() -> None:
+    """eta > 0 maps x_c onto x_a - eta (x_c - x_a): away from the concept, past the anchor (ESD-style)."""
+    g = torch.Generator().manual_seed(3)
+    d = 32
+    basis = torch.linalg.qr(torch.randn(d, d, generator=g))[0]
+    x_a = torch.outer(torch.randn(60, generator=g), basis[:, 1]) + 0.05 * torch.randn(60, d, generator=g)
+    x_c = x_a + torch.outer(1 + 0.1 * torch.randn(60, generator=g), basis[:, 0])
+    x_p = torch.outer(torch.randn(400, generator=g), basis[:, 1]) + 0.05 * torch.randn(400, d, generator=g)
+    for eta in (0.0, 2.0):
+        v, m = dissociation_operator(x_c, x_a, x_p, alpha_e=100, alpha_p=8, lam=0.0, max_rank=8, eta=eta)
+        edited = x_c - x_c @ (v @ m @ v.T).T
+        target = x_a - eta * (x_c - x_a)
+        assert (edited - target).norm() / (x_c - x_a).norm() < 0.15 * (1 + eta)
+        assert ((edited - x_a) * (x_c - x_a)).sum() <= 0.05 * (x_c - x_a).pow(2).sum()  # not on the concept's side

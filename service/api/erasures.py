@@ -48,8 +48,10 @@ def get_erasure(erasure_id: str, principal: PrincipalDep, runtime: RuntimeDep) -
 
 @router.delete("/{erasure_id}", response_model=ErasureDeleted, responses=_ERRORS)
 def delete_erasure(erasure_id: str, principal: PrincipalDep, runtime: RuntimeDep) -> ErasureDeleted:
-    """Delete an erasure (cancels its job if it has not started; waits for generations using it)."""
-    runtime.erasures.delete(principal, erasure_id)
+    """Delete a finished erasure (waits for generations using it), or cancel a queued or running job: it stops at
+    its next step and its record stays, `cancelled`, until deleted."""
+    if runtime.erasures.delete(principal, erasure_id) is not None:
+        return ErasureDeleted(id=erasure_id, deleted=False, status="cancelled")
     return ErasureDeleted(id=erasure_id)
 
 

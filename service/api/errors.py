@@ -35,6 +35,7 @@ from service.errors import (
     NotReadyError,
     OverloadedError,
     PayloadTooLargeError,
+    QueueUnavailableError,
     UnauthorizedError,
 )
 
@@ -59,6 +60,7 @@ STATUS: dict[type[ErasureError], int] = {
     NotReadyError: 503,
     CapacityError: 503,
     ModelLoadError: 503,
+    QueueUnavailableError: 503,
 }
 
 # Framework statuses that carry no typed error.

@@ -49,7 +49,13 @@ class ErasurePublic(BaseModel):
     model: ModelName
     method: str
     status: ErasureStatus
-    progress: float
+    progress: float = Field(description="Fraction done, 0..1")
+    step: int = Field(description="Training steps done (trained methods; 0 for closed-form ones)")
+    total_steps: int | None = Field(description="Training steps in all (trained methods)")
+    losses: dict[str, float] = Field(description="The latest training losses (trained methods)")
+    eta_s: float | None = Field(description="Estimated seconds to completion while running")
+    attempts: int = Field(description="Times a runner started the job (more than 1 after a worker crash)")
+    resumed_from_step: int | None = Field(description="The checkpointed step the latest attempt resumed from")
     scope: Literal["tenant", "operator"]
     concept: dict[str, Any]
     options: dict[str, Any]
@@ -77,6 +83,12 @@ class ErasurePublic(BaseModel):
                 "method": record.method,
                 "status": status,
                 "progress": record.progress,
+                "step": record.step,
+                "total_steps": record.total_steps,
+                "losses": record.losses,
+                "eta_s": record.eta_s,
+                "attempts": record.attempts,
+                "resumed_from_step": record.resumed_from_step,
                 "scope": "operator" if record.tenant == operator_tenant else "tenant",
                 "concept": record.spec,
                 "options": record.options,
@@ -96,9 +108,12 @@ class ErasureList(BaseModel):
 
 
 class ErasureDeleted(BaseModel):
+    """DELETE's answer: a finished erasure is deleted; a queued or running job is cancelled (its record stays)."""
+
     id: str
     object: Literal["erasure"] = "erasure"
     deleted: bool = True
+    status: Literal["deleted", "cancelled"] = "deleted"
 
 
 class ImageGenerationRequest(BaseModel):

@@ -1,5 +1,7 @@
-"""Erasure jobs: the runner interface and the embedded in-process runner (a Redis queue plugs in behind it)."""
+"""Erasure jobs: the shared job body (`execution`), the runners (`runner`: embedded; `redis_queue`: rq on Redis) and
+the `erasure worker` process (`worker`)."""
 
-from service.jobs.runner import EmbeddedRunner, JobRunner, Work, create_runner
+from service.jobs.execution import JobExecutor, Outcome
+from service.jobs.runner import EmbeddedRunner, JobRunner, create_runner
 
-__all__ = ["EmbeddedRunner", "JobRunner", "Work", "create_runner"]
+__all__ = ["EmbeddedRunner", "JobExecutor", "JobRunner", "Outcome", "create_runner"]

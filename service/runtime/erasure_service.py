@@ -1,28 +1,27 @@
 """Creating, reading, deleting and exporting erasures (no HTTP here: the routers call these methods).
 
 Every input is validated before anything is written, so a rejected request changes nothing. Closed-form methods
-(`trained=False`, ICE) run inline and come back `succeeded`; trained methods are queued on the job runner.
+(`trained=False`, ICE) run inline and come back `succeeded`; trained methods are queued on the job runner (and are
+refused with 503 `queue_unavailable`, writing nothing, when the Redis queue cannot be reached).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import nullcontext
-from typing import Any
+import time
 
 from pydantic import ValidationError
 from safetensors.torch import save
 
-from erasure_core.artifacts import ErasureArtifact
 from erasure_core.concepts import ConceptSpec
-from erasure_core.methods.base import ErasureMethod, get_method
+from erasure_core.methods.base import get_method
 from service.api.schemas import ErasureCreate
-from service.errors import ErasureNotFoundError, ErasureNotReadyError, InvalidRequestError
-from service.jobs.runner import JobRunner, Progress
+from service.errors import ErasureNotFoundError, ErasureNotReadyError, InvalidRequestError, QueueUnavailableError
+from service.jobs.runner import JobRunner
 from service.runtime.adapter_manager import AdapterManager
-from service.runtime.pipelines import PipelineHandle, PipelinePool
-from service.runtime.registry import ErasureRecord, ErasureStore, JobStatus, is_valid_id, new_id
+from service.runtime.pipelines import PipelinePool
+from service.runtime.registry import ErasureRecord, ErasureStore, JobStatus, RecordFinishedError, is_valid_id, new_id
 from service.runtime.tenancy import Principal, Tenancy
 
 logger = logging.getLogger(__name__)
@@ -60,10 +59,12 @@ class ErasureService:
 
     async def create(self, principal: Principal, request: ErasureCreate) -> ErasureRecord:
         """Validates, records and runs (or queues) an erasure job; returns its record."""
-        handle = self.pool.get(request.model)
+        self.pool.get(request.model)
         spec = _concept_spec(request)
         method = get_method(request.method)
         config = method.parse_config(request.options)  # InvalidConfigError before anything is written
+        if method.trained:
+            self.runner.check_available()  # QueueUnavailableError (503) before anything is written
         record = ErasureRecord(
             id=new_id(),
             tenant=principal.tenant,
@@ -73,22 +74,14 @@ class ErasureService:
             options=config.model_dump(mode="json"),
         )
         self.store.add(record)
-        work = self._work(handle, method, spec, request.options)
-        if method.trained:
-            self.runner.submit(record.id, work)
-            return self.store.get(record.id)
-        return await asyncio.to_thread(self.runner.run_inline, record.id, work)
-
-    @staticmethod
-    def _work(handle: PipelineHandle, method: ErasureMethod, spec: ConceptSpec, options: dict[str, Any]) -> Any:
-        """The job. Closed-form methods only read the pipeline; a trained method run in-process by the embedded
-        runner gets the pipeline to itself (generation waits), since training may change the shared modules."""
-
-        def compute(progress: Progress) -> ErasureArtifact:
-            with handle.erase_lock, handle.lock if method.trained else nullcontext():
-                return handle.engine.erase(spec, method=method.name, options=options, progress=progress)
-
-        return compute
+        if not method.trained:
+            return await asyncio.to_thread(self.runner.run_inline, record.id)
+        try:
+            self.runner.submit(record.id)
+        except QueueUnavailableError:
+            self.store.delete(record.id)  # a rejected request leaves nothing behind
+            raise
+        return self.store.get(record.id)
 
     def get(self, principal: Principal, erasure_id: str) -> ErasureRecord:
         """The record, if it exists and the caller may see it; otherwise ErasureNotFoundError (never 'forbidden')."""
@@ -100,16 +93,27 @@ class ErasureService:
     def list(self, principal: Principal) -> list[ErasureRecord]:
         return [r for r in self.store.list() if self.tenancy.can_see(principal, r)]
 
-    def delete(self, principal: Principal, erasure_id: str) -> None:
+    def delete(self, principal: Principal, erasure_id: str) -> ErasureRecord | None:
+        """Cancels a queued or running job (the record stays, `cancelled`, and is returned), or deletes a finished
+        erasure (returns None)."""
         record = self.get(principal, erasure_id)
         self.tenancy.check_delete(principal, record)
         if not record.status.terminal:
+            try:
+                cancelled = self.store.update(
+                    erasure_id, require_active=True, status=JobStatus.cancelled, finished_at=time.time(), eta_s=None
+                )
+            except RecordFinishedError:
+                return self.delete(principal, erasure_id)  # it finished meanwhile: delete it like any other
             self.runner.cancel(erasure_id)
+            logger.info("erasure %s cancelled by tenant %s", erasure_id, principal.tenant)
+            return cancelled
         manager = self.managers.get(record.model)
         if manager is not None:
             manager.remove(erasure_id)  # waits for a generation using it to finish
         self.store.delete(erasure_id)
         logger.info("erasure %s deleted by tenant %s", erasure_id, principal.tenant)
+        return None
 
     def export_lora(self, principal: Principal, erasure_id: str) -> bytes:
         """The erasure as a diffusers-compatible LoRA state dict (safetensors bytes)."""

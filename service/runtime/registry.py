@@ -1,18 +1,27 @@
 """The erasure store: one JSON record and one artifact file per erasure, both written atomically.
 
 Layout under `ERASURE_DATA_DIR`:
-    records/{id}.json        the record (status, owner, spec, timings, the artifact's sha256)
+    records/{id}.json        the record (status, owner, spec, progress, timings, the artifact's sha256)
     artifacts/{id}.erasure   the artifact (safetensors, written by `erasure_core.artifacts.save_artifact`)
+    checkpoints/{id}.ckpt    a trained job's latest checkpoint (removed when the job ends)
+    .lock                    serialises record writes across processes (the API and `erasure worker`s share the
+                             folder; `flock`, so it needs a local or lock-capable filesystem)
 
 Write order is artifact first, then the record naming the artifact's sha256, each via tmp + fsync + rename. A crash
 at any point therefore leaves either no record, a record that is not yet `succeeded`, or a `succeeded` record whose
 artifact is complete. Recovery at startup drops leftover tmp files and artifacts no `succeeded` record owns, marks
 records whose job was interrupted as failed, and marks any record whose artifact is missing or does not match its
 hash as failed (removing the file), so a damaged erasure is never served.
+
+Several processes may share one store (the API and its job workers). Every read checks the record file's identity
+(inode, mtime, size: each write is a rename, so a new inode) and re-reads it when another process replaced it;
+every write is a read-modify-write under the store's file lock, so a worker's progress report cannot overwrite the
+API's cancellation (`update(..., require_active=True)` refuses to touch a finished record).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -21,6 +30,8 @@ import secrets
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -35,6 +46,12 @@ logger = logging.getLogger(__name__)
 
 ID_PREFIX = "er_"
 _ID = re.compile(r"^er_[0-9a-f]{24}$")
+# In a shared store a tmp file younger than this may be another process's write in flight: recovery leaves it.
+_SHARED_TMP_GRACE_S = 3600.0
+
+
+class RecordFinishedError(Exception):
+    """A job tried to change a record that is already terminal (cancelled, failed or succeeded elsewhere)."""
 
 
 class JobStatus(StrEnum):
@@ -67,6 +84,12 @@ class ErasureRecord(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     status: JobStatus = JobStatus.queued
     progress: float = 0.0
+    step: int = 0
+    total_steps: int | None = None
+    losses: dict[str, float] = Field(default_factory=dict)
+    eta_s: float | None = None
+    attempts: int = 0
+    resumed_from_step: int | None = None
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
@@ -100,18 +123,23 @@ def _write_atomic(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Makes a rename in `folder` durable."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class ErasureStore:
-    """Records in memory, mirrored to disk; artifacts on disk only. Thread-safe.
+    """Records cached in memory and kept coherent with the disk; artifacts on disk only. Thread- and process-safe.
 
     Example:
         >>> store = ErasureStore(Path("/data"))
@@ -124,8 +152,12 @@ class ErasureStore:
         self.root = Path(root)
         self.records_dir = self.root / "records"
         self.artifacts_dir = self.root / "artifacts"
+        self.checkpoints_dir = self.root / "checkpoints"
         self._records: dict[str, ErasureRecord] = {}
+        self._stamps: dict[str, tuple[int, int, int]] = {}
         self._lock = threading.RLock()
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
 
     def record_path(self, erasure_id: str) -> Path:
         return self.records_dir / f"{erasure_id}.json"
@@ -133,49 +165,99 @@ class ErasureStore:
     def artifact_path(self, erasure_id: str) -> Path:
         return self.artifacts_dir / f"{erasure_id}.erasure"
 
+    def checkpoint_path(self, erasure_id: str) -> Path:
+        return self.checkpoints_dir / f"{erasure_id}.ckpt"
+
+    def ensure_dirs(self) -> None:
+        for folder in (self.records_dir, self.artifacts_dir, self.checkpoints_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The in-process lock plus the store-wide file lock (re-entrant within one thread)."""
+        with self._lock:
+            if self._lock_fd is None:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fd = self._lock_fd
+            if self._lock_depth == 0:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+
     # -- startup ---------------------------------------------------------------------------------------------------
 
-    def recover(self, interrupt_unfinished: bool = True) -> dict[str, int]:
+    def recover(self, interrupt_unfinished: bool = True, shared: bool = False) -> dict[str, int]:
         """Loads every record, cleans up after crashes and returns counts of what it found.
 
         Args:
-            interrupt_unfinished: mark `queued`/`running` records failed (the embedded runner lost them on restart).
+            interrupt_unfinished: mark `queued`/`running` records failed. False where unfinished jobs are resumed
+                (the embedded runner resubmits them; the Redis queue's workers and reaper finish them).
+            shared: other processes (job workers) use this store now: leave young tmp files, which may be their
+                writes in flight. Artifacts are renamed into place under the store lock, which recovery holds, so
+                an artifact without a `succeeded` record is always a leftover.
         """
-        self.records_dir.mkdir(parents=True, exist_ok=True)
-        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        counts = {"records": 0, "tmp_removed": 0, "orphans_removed": 0, "marked_failed": 0}
-        for folder in (self.records_dir, self.artifacts_dir):
-            for tmp in folder.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
-                counts["tmp_removed"] += 1
-        with self._lock:
+        self.ensure_dirs()
+        counts = {"records": 0, "tmp_removed": 0, "orphans_removed": 0, "marked_failed": 0, "checkpoints_removed": 0}
+        with self._exclusive():
+            counts["tmp_removed"] = self._remove_tmp_files(shared)
             self._records.clear()
+            self._stamps.clear()
             for path in sorted(self.records_dir.glob("er_*.json")):
-                record = self._read_record(path)
+                record = self._read_record(path, drop_unreadable=True)
                 if record is not None:
-                    self._records[record.id] = record
+                    self._remember(record, path)
             counts["records"] = len(self._records)
             for record in list(self._records.values()):
                 if self._repair(record, interrupt_unfinished):
                     counts["marked_failed"] += 1
             for path in self.artifacts_dir.glob("er_*.erasure"):
                 owner = self._records.get(path.stem)
-                if owner is None or owner.status != JobStatus.succeeded:  # orphan, or written just before a crash
+                if owner is None or owner.status != JobStatus.succeeded:  # an orphan, or written just before a crash
                     path.unlink(missing_ok=True)
                     counts["orphans_removed"] += 1
+            for path in self.checkpoints_dir.glob("er_*.ckpt"):
+                owner = self._records.get(path.stem)
+                if owner is None or owner.status.terminal:
+                    path.unlink(missing_ok=True)
+                    counts["checkpoints_removed"] += 1
         logger.info("erasure store at %s: %s", self.root, counts)
         return counts
 
-    def _read_record(self, path: Path) -> ErasureRecord | None:
+    def _remove_tmp_files(self, shared: bool) -> int:
+        removed = 0
+        now = time.time()
+        for folder in (self.records_dir, self.artifacts_dir, self.checkpoints_dir):
+            # ".*.tmp": our own staging files; ".tmp*": a library's (Rust `tempfile`) staging file from older code.
+            for tmp in {*folder.glob(".*.tmp"), *folder.glob(".tmp*")}:
+                try:
+                    if shared and now - tmp.stat().st_mtime < _SHARED_TMP_GRACE_S:
+                        continue
+                    tmp.unlink()
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    def _read_record(self, path: Path, drop_unreadable: bool = False) -> ErasureRecord | None:
         try:
             record = ErasureRecord.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
         except (OSError, ValidationError) as e:
-            logger.error("dropping unreadable erasure record %s: %s", path, e)
-            path.unlink(missing_ok=True)
+            logger.error("unreadable erasure record %s: %s", path, e)
+            if drop_unreadable:
+                path.unlink(missing_ok=True)
             return None
         if record.id != path.stem or not is_valid_id(record.id):
-            logger.error("dropping erasure record %s: its id %r does not match the file name", path, record.id)
-            path.unlink(missing_ok=True)
+            logger.error("erasure record %s: its id %r does not match the file name", path, record.id)
+            if drop_unreadable:
+                path.unlink(missing_ok=True)
             return None
         return record
 
@@ -195,62 +277,132 @@ class ErasureStore:
         self._persist(record.model_copy(update={"status": JobStatus.failed, "error": problem, "progress": 0.0}))
         return True
 
+    # -- coherence with other processes ------------------------------------------------------------------------
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _remember(self, record: ErasureRecord, path: Path) -> None:
+        stamp = self._stamp(path)
+        if stamp is not None:
+            self._records[record.id] = record
+            self._stamps[record.id] = stamp
+
+    def _fresh(self, erasure_id: str) -> ErasureRecord | None:
+        """The record as it is on disk now (re-read only when another process replaced the file)."""
+        path = self.record_path(erasure_id)
+        with self._lock:
+            stamp = self._stamp(path)
+            if stamp is None:
+                self._records.pop(erasure_id, None)
+                self._stamps.pop(erasure_id, None)
+                return None
+            if self._stamps.get(erasure_id) != stamp:
+                record = self._read_record(path)
+                if record is None:
+                    return self._records.get(erasure_id)
+                self._records[erasure_id] = record
+                self._stamps[erasure_id] = stamp
+            return self._records.get(erasure_id)
+
     # -- records ---------------------------------------------------------------------------------------------------
 
     def _persist(self, record: ErasureRecord) -> ErasureRecord:
-        _write_atomic(self.record_path(record.id), record.model_dump_json(indent=1).encode())
-        self._records[record.id] = record
+        path = self.record_path(record.id)
+        _write_atomic(path, record.model_dump_json(indent=1).encode())
+        self._remember(record, path)
         return record
 
     def add(self, record: ErasureRecord) -> ErasureRecord:
-        with self._lock:
-            if record.id in self._records:
+        with self._exclusive():
+            if self._fresh(record.id) is not None:
                 raise ValueError(f"erasure id {record.id} already exists")
             return self._persist(record)
 
-    def update(self, erasure_id: str, **changes: Any) -> ErasureRecord:
-        """Applies field changes to a record and persists it. Raises ErasureNotFoundError if it was deleted."""
-        with self._lock:
-            current = self.get(erasure_id)
+    def update(self, erasure_id: str, require_active: bool = False, **changes: Any) -> ErasureRecord:
+        """Applies field changes to the current record and persists it.
+
+        Raises:
+            ErasureNotFoundError: the record was deleted.
+            RecordFinishedError: `require_active` and the record is already terminal (e.g. cancelled meanwhile).
+        """
+        with self._exclusive():
+            current = self._fresh(erasure_id)
+            if current is None:
+                raise ErasureNotFoundError(f"no erasure {erasure_id!r}")
+            if require_active and current.status.terminal:
+                raise RecordFinishedError(f"erasure {erasure_id} is already {current.status.value}")
             return self._persist(current.model_copy(update=changes))
 
     def get(self, erasure_id: str) -> ErasureRecord:
-        with self._lock:
-            record = self._records.get(erasure_id)
+        record = self._fresh(erasure_id)
         if record is None:
             raise ErasureNotFoundError(f"no erasure {erasure_id!r}")
         return record
 
     def find(self, erasure_id: str) -> ErasureRecord | None:
-        with self._lock:
-            return self._records.get(erasure_id)
+        return self._fresh(erasure_id)
 
     def list(self) -> list[ErasureRecord]:
         with self._lock:
-            return sorted(self._records.values(), key=lambda r: r.created_at)
+            known = set(self._records) | {p.stem for p in self.records_dir.glob("er_*.json")}
+            records = [r for r in (self._fresh(i) for i in known) if r is not None]
+        return sorted(records, key=lambda r: r.created_at)
 
     def delete(self, erasure_id: str) -> bool:
-        """Removes the record, then the artifact (an artifact without a record is an orphan recovery removes)."""
-        with self._lock:
-            if self._records.pop(erasure_id, None) is None:
+        """Removes the record, then the artifact and checkpoint (leftovers are orphans recovery removes)."""
+        with self._exclusive():
+            if self._fresh(erasure_id) is None:
                 return False
             self.record_path(erasure_id).unlink(missing_ok=True)
+            self._records.pop(erasure_id, None)
+            self._stamps.pop(erasure_id, None)
             self.artifact_path(erasure_id).unlink(missing_ok=True)
+            self.checkpoint_path(erasure_id).unlink(missing_ok=True)
         return True
 
     # -- artifacts -------------------------------------------------------------------------------------------------
 
-    def save_artifact(self, erasure_id: str, artifact: ErasureArtifact, **changes: Any) -> ErasureRecord:
-        """Writes the artifact, then marks the record `succeeded` with the artifact's hash (plus `changes`)."""
-        path = save_artifact(artifact, self.artifact_path(erasure_id))
-        return self.update(
-            erasure_id,
-            status=JobStatus.succeeded,
-            progress=1.0,
-            artifact_sha256=_file_sha256(path),
-            artifact_bytes=path.stat().st_size,
-            **changes,
-        )
+    def save_artifact(
+        self, erasure_id: str, artifact: ErasureArtifact, require_active: bool = False, **changes: Any
+    ) -> ErasureRecord:
+        """Publishes the artifact and marks the record `succeeded` with its hash (plus `changes`).
+
+        The artifact is written beside its final name first; then, under the store lock, it is renamed into place
+        and the record updated. With `require_active`, a record that became terminal meanwhile (cancelled, or
+        published by another worker) is left as it is and the written file is discarded: a job publishes at most
+        once and never over another's artifact.
+        """
+        staged = save_artifact(artifact, self.artifacts_dir / f".{erasure_id}.{secrets.token_hex(4)}.tmp")
+        try:
+            with self._exclusive():
+                current = self._fresh(erasure_id)
+                if current is None:
+                    raise ErasureNotFoundError(f"no erasure {erasure_id!r}")
+                if require_active and current.status.terminal:
+                    raise RecordFinishedError(f"erasure {erasure_id} is already {current.status.value}")
+                final = self.artifact_path(erasure_id)
+                os.replace(staged, final)
+                _fsync_dir(final.parent)
+                return self._persist(
+                    current.model_copy(
+                        update={
+                            "status": JobStatus.succeeded,
+                            "progress": 1.0,
+                            "eta_s": 0.0,
+                            "artifact_sha256": _file_sha256(final),
+                            "artifact_bytes": final.stat().st_size,
+                            **changes,
+                        }
+                    )
+                )
+        finally:
+            staged.unlink(missing_ok=True)
 
     def load_artifact(self, erasure_id: str) -> ErasureArtifact:
         """Loads a `succeeded` erasure's artifact after checking its file hash against the record.

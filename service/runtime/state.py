@@ -37,8 +37,8 @@ class ServiceRuntime:
         self.metrics = Metrics()
         self.tenancy = Tenancy(settings)
         self.store = ErasureStore(settings.data_dir)
-        self.runner: JobRunner = create_runner(settings, self.store, self.metrics)
         self.pool = pool or PipelinePool()
+        self.runner: JobRunner = create_runner(settings, self.pool, self.store, self.metrics)
         self._preloaded = pool is not None
         self.managers: dict[str, AdapterManager] = {}
         self.schedulers: dict[str, GenerationScheduler] = {}
@@ -50,7 +50,8 @@ class ServiceRuntime:
         self._startup: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.store.recover()
+        # Unfinished jobs are not failed: they resume once the pipelines are loaded (or on the queue's workers).
+        self.store.recover(interrupt_unfinished=False, shared=bool(self.settings.redis_url))
         for tenant, ids in self.settings.mandatory_erasures.items():
             missing = [i for i in ids if self.store.find(i) is None]
             if missing:
@@ -71,6 +72,9 @@ class ServiceRuntime:
                 self.schedulers[name] = scheduler
             if self.settings.warmup:
                 await asyncio.to_thread(self._warm_up)
+            resumed = await asyncio.to_thread(self.runner.resume)
+            if resumed:
+                logger.info("resumed %d unfinished erasure jobs", resumed)
         except Exception as e:
             self.failure = f"{type(e).__name__}: {e}"
             logger.exception("startup failed; the service will not become ready")

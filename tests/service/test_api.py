@@ -68,7 +68,9 @@ def test_shape_erasure_end_to_end(open_server: LiveServer) -> None:
         assert response.status_code == 201, response.text
         erasure = response.json()
         assert erasure["status"] == "ready" and erasure["id"].startswith("er_")
-        assert elapsed < 2.0, f"ICE erasure took {elapsed:.2f} s"
+        # Closed form: ready inside the request. The speed target (about a second) lives in bench/ice.py; this bound
+        # only catches a request that waits on something else (a queue, training), even on a loaded CI machine.
+        assert elapsed < 30.0, f"ICE erasure took {elapsed:.2f} s"
 
         erased_target, _ = sweep(client, target_prompts, [erasure["id"]])
         erased_other, _ = sweep(client, other_prompts, [erasure["id"]])
@@ -115,6 +117,7 @@ def test_erasure_lifecycle_and_lora_export(open_server: LiveServer) -> None:
             "id": erasure_id,
             "object": "erasure",
             "deleted": True,
+            "status": "deleted",
         }
         assert client.get(f"/v1/erasures/{erasure_id}").status_code == 404
         gone = client.post("/v1/images/generations", json={"prompt": "a red circle", "erasures": [erasure_id]})
@@ -150,3 +153,29 @@ def test_trained_erasure_is_queued_then_ready(open_server: LiveServer) -> None:
         assert image["erasures"] == [erasure["id"]]
         lora = load_safetensors(client.get(f"/v1/erasures/{erasure['id']}/lora").content)
         assert any(".attn.add_q_proj.lora_A." in key for key in lora)
+
+
+@pytest.mark.slow
+def test_cancelling_an_embedded_job_stops_it_and_frees_the_runner(open_server: LiveServer) -> None:
+    """Without Redis the same semantics hold: DELETE on a running job cancels it at its next step."""
+    fast = {"concept_images": 1, "sample_steps": 2, "batch_size": 1}
+    with open_server.client() as client:
+        long = client.post(
+            "/v1/erasures", json={"concept": "diamond", "method": "eraseanything", "options": {**fast, "steps": 5000}}
+        ).json()
+        deadline = time.monotonic() + 120
+        while client.get(f"/v1/erasures/{long['id']}").json()["step"] < 2:
+            assert time.monotonic() < deadline, "the job did not start"
+            time.sleep(0.2)
+        answer = client.delete(f"/v1/erasures/{long['id']}").json()
+        assert answer == {"id": long["id"], "object": "erasure", "deleted": False, "status": "cancelled"}
+        short = client.post(
+            "/v1/erasures", json={"concept": "cross", "method": "eraseanything", "options": {**fast, "steps": 2}}
+        ).json()
+        while short["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline + 120, short
+            time.sleep(0.2)
+            short = client.get(f"/v1/erasures/{short['id']}").json()
+        assert short["status"] == "ready"
+        cancelled = client.get(f"/v1/erasures/{long['id']}").json()
+        assert cancelled["status"] == "cancelled" and cancelled["step"] < 5000

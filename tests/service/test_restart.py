@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,3 +73,33 @@ def test_erasures_survive_a_crash_and_damaged_ones_are_not_served(tmp_path: Path
         ):
             assert response.status_code == 409 and response.json()["error"]["code"] == "erasure_not_ready"
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_embedded_job_resumes_from_its_checkpoint_after_a_crash(tmp_path: Path) -> None:
+    """Without Redis, a trained job runs in the service; killing the service mid-job loses nothing: the restarted
+    service resumes it from its last checkpoint and publishes it once."""
+    port = free_port()
+    options = {"steps": 24, "checkpoint_every": 3, "concept_images": 1, "sample_steps": 2, "batch_size": 1}
+    checkpoint = tmp_path / "checkpoints"
+    with serve(tmp_path, port) as url, httpx.Client(base_url=url, timeout=120) as client:
+        job = client.post("/v1/erasures", json={"concept": "cross", "method": "eraseanything", "options": options})
+        assert job.status_code == 202, job.text
+        erasure_id = job.json()["id"]
+        deadline = time.monotonic() + 240
+        while not (client.get(f"/v1/erasures/{erasure_id}").json()["step"] >= 7 and any(checkpoint.iterdir())):
+            assert time.monotonic() < deadline, "the job did not reach a checkpoint"
+            time.sleep(0.2)
+
+    with serve(tmp_path, port) as url, httpx.Client(base_url=url, timeout=120) as client:
+        deadline = time.monotonic() + 240
+        erasure = client.get(f"/v1/erasures/{erasure_id}").json()
+        while erasure["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, erasure
+            time.sleep(0.2)
+            erasure = client.get(f"/v1/erasures/{erasure_id}").json()
+        assert erasure["status"] == "ready", erasure
+        assert erasure["attempts"] == 2 and erasure["resumed_from_step"] >= 6 and erasure["resumed_from_step"] % 3 == 0
+        assert erasure["step"] == 24
+    assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == [f"{erasure_id}.erasure"]
+    assert not any(checkpoint.iterdir())

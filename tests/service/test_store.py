@@ -77,7 +77,13 @@ def test_recovery_never_serves_damaged_erasures(tmp_path: Path) -> None:
     reopened = ErasureStore(tmp_path)
     counts = reopened.recover()
     # orphans: the artifact without a record, plus the damaged artifacts of records now marked failed
-    assert counts == {"records": 5, "tmp_removed": 2, "orphans_removed": 3, "marked_failed": 4}
+    assert counts == {
+        "records": 5,
+        "tmp_removed": 2,
+        "orphans_removed": 3,
+        "marked_failed": 4,
+        "checkpoints_removed": 0,
+    }
     assert reopened.get(good.id).status == JobStatus.succeeded
     for record in (missing, corrupt, truncated, unfinished):
         assert reopened.get(record.id).status == JobStatus.failed

@@ -129,15 +129,18 @@ def dissociation_operator(
     preserve_scale: float = 1.0,
     energy: float = 0.99,
     max_rank: int = 128,
+    eta: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ICE operator D* = V_e M* V_e^T for one text space, as its factors (V_e [d, k], M* [k, k]).
 
     Args:
         x_c: concept rows [n, d]; x_a: their position-aligned anchor rows [n, d]; x_p: preserve rows [m, d].
+        eta: dissociation past the anchor: concept rows are mapped onto x_a - eta (x_c - x_a), the embedding-space
+            analogue of ESD's negative guidance (0: onto the anchor itself).
     """
     v_e, r_e = erase_basis(x_c - x_a, energy=energy, max_rank=max_rank)
     a = torch.diag(spectral_expansion(r_e / r_e.max(), alpha_e))
-    z_e, y_e = x_c.float() @ v_e, (x_c - x_a).float() @ v_e
+    z_e, y_e = x_c.float() @ v_e, (1.0 + eta) * (x_c - x_a).float() @ v_e
     m = solve_dissociation(
         z_e, y_e, x_p.float() @ v_e, a, lam=lam, mu=mu, alpha_p=alpha_p, preserve_scale=preserve_scale
     )
