@@ -1,4 +1,5 @@
-"""EraseAnything++ on the demo world: CPU-sized training meets the bars, and checkpoints resume exactly."""
+"""EraseAnything++ on the demo world: the "cpu" preset meets the LoRA-jobs bars alone and composed with an ICE edit;
+checkpoints resume exactly."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ import torch
 from erasure_core.checkpoints import FileCheckpoints
 from erasure_core.concepts import ConceptSpec
 from erasure_core.methods.eraseanything.config import EraseAnythingConfig
-from erasure_core.worlds.evaluation import engine_generator, erasure_samples, judge_samples
+from erasure_core.worlds.evaluation import WorldReport, engine_generator, erasure_samples, judge_samples
+from erasure_core.worlds.shapes import SHAPES, SYNONYMS
 
-# CPU-sized settings for the demo world (the published defaults are for a GPU and FLUX.1-dev).
-CPU_OPTIONS = {"steps": 60, "sample_steps": 8, "batch_size": 2, "concept_images": 8, "checkpoint_every": 10}
 SHAPE, NAMED = "triangle", ("pyramid",)
+NAMED_BY_SHAPE = {SHAPE: NAMED, "square": ("box",)}
+KEEP = ("square", "cross", "circle", "diamond")  # what the caller asks to keep: half the preserve images
+# The LoRA-jobs issue's bars on the demo world: target <= 10%, unnamed synonyms <= 20%, every other shape within
+# 5 points, a job of CPU-sized settings (the "cpu" preset an API caller sends) within 5 minutes.
+TARGET_MAX, UNNAMED_MAX, OTHER_DROP_MAX, TRAIN_S_MAX = 0.10, 0.20, 0.05, 300.0
 
 
 @pytest.fixture(scope="module")
@@ -24,32 +29,71 @@ def trained(demo_engine, tmp_path_factory: pytest.TempPathFactory):
     ckpt = FileCheckpoints(tmp_path_factory.mktemp("ea") / "ckpt.safetensors")
     started = time.perf_counter()
     artifact = demo_engine.erase(
-        ConceptSpec(concept=SHAPE, synonyms=NAMED), method="eraseanything", options=CPU_OPTIONS, checkpoints=ckpt
+        ConceptSpec(concept=SHAPE, synonyms=NAMED, preserve=KEEP),
+        method="eraseanything",
+        options={"preset": "cpu"},
+        checkpoints=ckpt,
     )
     return artifact, time.perf_counter() - started
 
 
-def test_training_moves_the_model_off_the_concept(demo_engine, judge, trained) -> None:
-    """What holds today with CPU-sized settings: the adapter trains within the time budget and cuts the concept's
-    judged rate substantially. (The LoRA-jobs issue's full bars - target <= 10%, unnamed synonyms <= 20%, other
-    shapes within 5 points - are not met yet; the figures are printed for the notes.)"""
+@pytest.fixture(scope="module")
+def base_report(demo_engine, judge) -> WorldReport:
+    return judge_samples(engine_generator(demo_engine), erasure_samples([SHAPE, "square"]), judge)
+
+
+def _check(base: WorldReport, erased: WorldReport, bars: dict[str, float], figures: dict) -> None:
+    """`bars`: erased shape -> its maximum judged rate. Unnamed synonyms <= 20%, other shapes within 5 points."""
+    for shape, bar in bars.items():
+        assert base.word_rate[shape] >= 0.80, figures
+        assert erased.word_rate[shape] <= bar, figures
+        unnamed = [w for w in SYNONYMS[shape] if w not in NAMED_BY_SHAPE[shape]]
+        assert erased.rate_of(unnamed) <= UNNAMED_MAX, figures
+    for shape in SHAPES:
+        if shape not in bars:
+            assert base.word_rate[shape] - erased.word_rate[shape] <= OTHER_DROP_MAX, figures
+    assert erased.mean_color_accuracy >= 0.80, figures
+
+
+def test_cpu_preset_erases_the_shape_and_keeps_the_others(demo_engine, judge, trained, base_report) -> None:
     artifact, seconds = trained
-    demo_engine.attach("ea-target", artifact)
-    samples = erasure_samples([SHAPE], seeds_per_prompt=2)
-    base = judge_samples(engine_generator(demo_engine), samples, judge)
-    erased = judge_samples(engine_generator(demo_engine, ["ea-target"]), samples, judge)
-    figures = {"train_s": round(seconds, 1), "base": base.word_rate, "erased": erased.word_rate}
-    print("EraseAnything++", SHAPE, json.dumps(figures))
-    demo_engine.detach("ea-target")
-    assert seconds <= 300, figures
-    assert erased.word_rate[SHAPE] <= base.word_rate[SHAPE] - 0.3, figures
     assert sorted(artifact.deltas) == sorted(
         f"transformer_blocks.{i}.attn.{p}" for i in range(2) for p in ("add_q_proj", "add_k_proj")
     )
+    demo_engine.attach("ea-target", artifact)
+    try:
+        erased = judge_samples(engine_generator(demo_engine, ["ea-target"]), erasure_samples([SHAPE, "square"]), judge)
+    finally:
+        demo_engine.detach("ea-target")
+    figures = {"train_s": round(seconds, 1), "base": base_report.word_rate, "erased": erased.word_rate}
+    print("EraseAnything++ cpu preset", SHAPE, json.dumps(figures))
+    assert seconds <= TRAIN_S_MAX, figures
+    _check(base_report, erased, {SHAPE: TARGET_MAX}, figures)
+
+
+def test_lora_erasure_composes_with_an_ice_erasure(demo_engine, judge, trained, base_report) -> None:
+    """The trained adapter (on the transformer) and an ICE edit (on the text-conditioning layers) in one set: both
+    concepts go, the other shapes stay."""
+    ice = demo_engine.erase(ConceptSpec(concept="square", synonyms=("box",), anchor="circle", expand=True))
+    demo_engine.attach("ea-target", trained[0])
+    demo_engine.attach("ice-square", ice)
+    try:
+        erased = judge_samples(
+            engine_generator(demo_engine, ["ea-target", "ice-square"]), erasure_samples([SHAPE, "square"]), judge
+        )
+    finally:
+        demo_engine.detach("ea-target")
+        demo_engine.detach("ice-square")
+    figures = {"base": base_report.word_rate, "composed": erased.word_rate}
+    print("EraseAnything++ + ICE", json.dumps(figures))
+    _check(base_report, erased, {SHAPE: TARGET_MAX, "square": TARGET_MAX}, figures)
 
 
 def test_resume_from_checkpoint_gives_the_same_adapter(demo_engine, tmp_path: Path) -> None:
-    options = dict(CPU_OPTIONS, steps=4, checkpoint_every=2, concept_images=2, sample_steps=4)
+    options = {
+        "preset": "cpu",
+        **{"steps": 4, "checkpoint_every": 2, "concept_images": 2, "sample_steps": 4, "preserve_images": 4},
+    }
     spec = ConceptSpec(concept="square", synonyms=("box",))
     straight = demo_engine.erase(spec, method="eraseanything", options=options)
 
@@ -76,3 +120,13 @@ def test_published_defaults() -> None:
     assert (cfg.rank, cfg.lr, cfg.steps, cfg.tau, cfg.eta) == (8, 1e-3, 200, 0.07, 1.0)
     assert (cfg.lambda_esd, cfg.lambda_attn, cfg.lambda_fm, cfg.lambda_nce) == (1.0, 0.001, 0.1, 0.1)
     assert (cfg.eupmu_lr, cfg.eupmu_weight_decay, cfg.eupmu_eps) == (0.3, 0.01, 0.003)
+
+
+def test_presets_fill_under_explicit_options_and_reparse_unchanged() -> None:
+    """A job's options are stored as sent ({"preset": "cpu", ...}) and parsed again by the worker: same config."""
+    cpu = EraseAnythingConfig.model_validate({"preset": "cpu", "steps": 10})
+    assert (cpu.steps, cpu.lr, cpu.eta, cpu.lambda_preserve, cpu.retain_images) == (10, 3e-3, 2.0, 300.0, "preserve")
+    assert EraseAnythingConfig.model_validate(cpu.model_dump()) == cpu
+    assert EraseAnythingConfig.model_validate({"preset": "published"}) == EraseAnythingConfig()
+    with pytest.raises(ValueError):
+        EraseAnythingConfig.model_validate({"preset": "gpu"})

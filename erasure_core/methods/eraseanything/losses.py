@@ -77,3 +77,9 @@ def eupmu_weight_gradient(retain_before: float, retain_after: float, lr: float, 
     """The signal fed to w: (L_r^before - L_r^after) / lr - eps. Negative when the retain loss falls slower than
     the required rate, so a descent step on w increases it ("implicit gradient surgery")."""
     return (retain_before - retain_after) / lr - eps
+
+
+def velocity_preservation(v: torch.Tensor, v_frozen: torch.Tensor) -> torch.Tensor:
+    """||v - v_frozen||^2 on prompts to preserve: the adapter must not change what the model does for them (this
+    project's addition; the papers' retain terms are on the concept's own prompt only)."""
+    return F.mse_loss(v, v_frozen.detach())

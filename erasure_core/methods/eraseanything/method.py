@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from typing import Any
 
 from erasure_core.artifacts import ErasureArtifact, LowRankDelta
 from erasure_core.checkpoints import CheckpointStore
-from erasure_core.concepts import TEMPLATES, ConceptSpec, fill
+from erasure_core.concepts import TEMPLATES, ConceptSpec, fill, neutral_anchor, preserve_prompts
 from erasure_core.errors import InvalidConfigError
 from erasure_core.expansion import expand_concept
 from erasure_core.methods.base import ErasureMethod, MethodContext, Progress
@@ -16,6 +17,20 @@ from erasure_core.methods.eraseanything.config import EraseAnythingConfig
 from erasure_core.methods.eraseanything.trainer import EraseAnythingTrainer
 
 logger = logging.getLogger(__name__)
+
+
+def pick_preserve(ctx: MethodContext, spec: ConceptSpec, phrasings: list[str], cfg: EraseAnythingConfig) -> list[str]:
+    """`preserve_images` preserve prompts, none naming the concept: the caller's `preserve` terms (in the concept's
+    templates) fill up to half, the model's preserve corpus the rest; drawn with the job's seed."""
+    rng = random.Random(cfg.seed)
+    named = preserve_prompts(spec, phrasings, [])
+    corpus = preserve_prompts(spec.model_copy(update={"preserve": ()}), phrasings, ctx.preserve_corpus)
+    chosen = rng.sample(named, min(len(named), cfg.preserve_images // 2))
+    rest = [p for p in corpus if p not in chosen]
+    chosen += rng.sample(rest, min(len(rest), cfg.preserve_images - len(chosen)))
+    if not chosen:
+        raise InvalidConfigError("the preserve terms need at least one preserve prompt (give `preserve`)")
+    return chosen
 
 
 class EraseAnything(ErasureMethod):
@@ -39,8 +54,14 @@ class EraseAnything(ErasureMethod):
         started = time.perf_counter()
         phrasings = expand_concept(ctx.pipe, ctx.family, spec.concept, spec.synonyms, mine=spec.expand)
         prompts = [fill(t, spec.concept) for t in TEMPLATES[spec.kind] if "{}" in t]
-        anchor = fill("{}", spec.anchor or "")  # ESD's unconditional target unless the caller names an anchor
-        trainer = EraseAnythingTrainer(ctx.pipe, ctx.family, config, spec.concept, prompts, phrasings[1:], anchor)
+        if config.anchor_in_prompt:  # the word that replaces the concept in its own prompts
+            anchor = spec.anchor or neutral_anchor(spec.concept, spec.kind)
+        else:  # ESD's unconditional target unless the caller names an anchor
+            anchor = fill("{}", spec.anchor or "")
+        preserve = pick_preserve(ctx, spec, phrasings, config) if config.uses_preserve_images else None
+        trainer = EraseAnythingTrainer(
+            ctx.pipe, ctx.family, config, spec.concept, prompts, phrasings[1:], anchor, preserve
+        )
         try:
             trainer.run(progress, checkpoints)
             deltas = {

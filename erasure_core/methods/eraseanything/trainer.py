@@ -2,9 +2,11 @@
 
 Each step computes (EraseAnything++, both objectives every step):
   forget  L_f = lambda_esd * ESD(vn, v0, vp) + lambda_attn * attention mass on the concept tokens (last double block)
-  retain  L_r = lambda_fm * flow matching on concept images (augmented prompt)
+  retain  L_r = lambda_fm * flow matching on concept images (augmented prompt), or on preserve images under their
+                own prompts (`retain_images="preserve"`, this project's deviation)
               + lambda_nce * reverse self-contrastive InfoNCE (anchor vs synonym vs irrelevant words)
-  loss = EUPMU(L_r, L_f; w); after the model step L_r is re-evaluated and w takes an Adam step on
+  loss = EUPMU(L_r, L_f; w) [+ lambda_preserve * ||v_lora - v_frozen||^2 on noised preserve images: this project's
+  addition, 0 = published]; after the model step L_r is re-evaluated and w takes an Adam step on
   (L_r^before - L_r^after) / lr - eps.
 State (LoRA factors, both optimisers, w, RNG, step) is checkpointed every `checkpoint_every` steps; a resumed run
 continues from the checkpoint and, given the same seed, takes the same path.
@@ -72,6 +74,36 @@ class Batch:
     keyword_masks: dict[str, torch.Tensor]  # per condition name: [B(*K), S] over the joint sequence
 
 
+def _cat(conds: list[TextCondition]) -> TextCondition:
+    """Stacks text conditions row-wise."""
+    return TextCondition(*(torch.cat([getattr(c, f) for c in conds]) for f in ("tokens", "pooled", "input_ids")))
+
+
+@dataclass
+class Noised:
+    """Rows of base-model images noised to x_t = (1 - sigma) x0 + sigma noise (the rectified-flow path)."""
+
+    idx: torch.Tensor
+    x0: torch.Tensor
+    noise: torch.Tensor
+    sigma: torch.Tensor
+
+    @property
+    def x_t(self) -> torch.Tensor:
+        return (1 - self.sigma[:, None, None]) * self.x0 + self.sigma[:, None, None] * self.noise
+
+
+@dataclass
+class RetainState:
+    """One step's random draws for the retain losses, reused when L_r is re-evaluated after the model step."""
+
+    fm: Noised
+    keep: Noised | None  # velocity-preservation rows (lambda_preserve > 0)
+    z_nce: torch.Tensor
+    sigma_nce: torch.Tensor
+    v_frozen: torch.Tensor | None = None
+
+
 def augment(prompt: str, keyword: str, synonyms: list[str], rng: random.Random, cfg: EraseAnythingConfig) -> str:
     """EraseAnything's prompt augmentation: keyword -> synonym (p=synonym_p), words shuffled (p=shuffle_p)."""
     if synonyms and rng.random() < cfg.synonym_p:
@@ -94,9 +126,12 @@ class EraseAnythingTrainer:
         prompts: list[str],
         synonyms: list[str],
         anchor: str,
+        preserve: list[str] | None = None,
     ) -> None:
         self.pipe, self.ops, self.cfg = pipe, family.training, cfg
         self.keyword, self.prompts, self.synonyms, self.anchor = keyword, prompts, synonyms, anchor
+        if cfg.uses_preserve_images and not preserve:
+            raise ValueError("retain_images='preserve' and lambda_preserve need preserve prompts")
         targets = family.resolve_lora_targets(pipe.transformer, cfg.target_set)
         self.lora = LoRAHooks(pipe.transformer, targets, cfg.rank, cfg.alpha, cfg.seed)
         self.opt = torch.optim.AdamW(
@@ -107,21 +142,28 @@ class EraseAnythingTrainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.rng = random.Random(cfg.seed)
         self.step = 0
-        self.concept_latents = self._concept_images()
+        # A lone anchor prompt never changes: encoded once (text encoding is a large share of a CPU step).
+        self.anchor_cond = None if cfg.anchor_in_prompt else self.ops.encode_text(self.pipe, [anchor] * cfg.batch_size)
+        self.concept_cond, self.concept_latents = self._base_images(
+            [prompts[i % len(prompts)] for i in range(cfg.concept_images)]
+        )
+        self.preserve_cond: TextCondition | None = None
+        self.preserve_latents = torch.empty(0)
+        if cfg.uses_preserve_images:
+            self.preserve_cond, self.preserve_latents = self._base_images(list(preserve or []))
 
     # ---- data -------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _concept_images(self) -> torch.Tensor:
-        """Images of the concept from the base pipeline itself (deterministic seeds), as packed latents."""
-        n = self.cfg.concept_images
-        cond = self.ops.encode_text(self.pipe, [self.prompts[i % len(self.prompts)] for i in range(n)])
+    def _base_images(self, prompts: list[str]) -> tuple[TextCondition, torch.Tensor]:
+        """Images of the prompts from the base pipeline itself (deterministic seeds), as packed latents."""
+        cond = self.ops.encode_text(self.pipe, prompts)
         steps = self.cfg.sample_steps
         self.lora.enabled = False
         try:
             latents, _ = self.ops.sample_partial(self.pipe, cond, steps, steps, torch.Generator().manual_seed(12345))
         finally:
             self.lora.enabled = True
-        return latents
+        return cond, latents
 
     def _keyword_mask(self, cond: TextCondition, words: list[str]) -> torch.Tensor:
         """[B, S] over the joint sequence (text first), True at each row's word tokens."""
@@ -144,11 +186,15 @@ class EraseAnythingTrainer:
         synonym = [p.replace(self.keyword, w) for p, w in zip(concept, syn_words, strict=True)]
         irr_words = list(cfg.irrelevant) * cfg.batch_size
         irrelevant = [p.replace(self.keyword, w) for p in concept for w in cfg.irrelevant]
+        anchors = [p.replace(self.keyword, self.anchor) for p in concept] if self.anchor_cond is None else []
+        # One encoder call for all rows (fewer, larger calls are faster on a CPU).
+        rows = self.ops.encode_text(self.pipe, concept + synonym + anchors + irrelevant)
+        b, a = cfg.batch_size, len(anchors)
         conds = {
-            "concept": self.ops.encode_text(self.pipe, concept),
-            "anchor": self.ops.encode_text(self.pipe, [self.anchor] * cfg.batch_size),
-            "synonym": self.ops.encode_text(self.pipe, synonym),
-            "irrelevant": self.ops.encode_text(self.pipe, irrelevant),
+            "concept": rows.index(list(range(b))),
+            "synonym": rows.index(list(range(b, 2 * b))),
+            "anchor": rows.index(list(range(2 * b, 2 * b + a))) if self.anchor_cond is None else self.anchor_cond,
+            "irrelevant": rows.index(list(range(2 * b + a, len(rows.tokens)))),
         }
         masks = {
             "concept": self._keyword_mask(conds["concept"], [self.keyword] * len(concept)),
@@ -164,9 +210,11 @@ class EraseAnythingTrainer:
         z, sigma = self.ops.sample_partial(self.pipe, batch.concept, cfg.sample_steps, stop, self.generator)
         with torch.no_grad():
             self.lora.enabled = not cfg.frozen_teacher
-            try:
-                v0 = self.ops.velocity(self.pipe, z, sigma, batch.anchor)
-                vp = self.ops.velocity(self.pipe, z, sigma, batch.concept)
+            try:  # anchor and concept rows in one call (rows are independent; one call is faster)
+                both = self.ops.velocity(
+                    self.pipe, z.repeat(2, 1, 1), sigma.repeat(2), _cat([batch.anchor, batch.concept])
+                )
+                v0, vp = both.chunk(2)
             finally:
                 self.lora.enabled = True
         with self.ops.capture_attention(self.pipe) as record:
@@ -175,53 +223,104 @@ class EraseAnythingTrainer:
         attn = losses.attention_suppression(record["probs"], batch.keyword_masks["concept"])
         return cfg.lambda_esd * esd + cfg.lambda_attn * attn, {"esd": esd.item(), "attn": attn.item()}
 
-    def _retain(self, batch: Batch, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _retain(
+        self, batch: Batch, st: RetainState, with_keep: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
+        """(L_r, the velocity-preservation loss or None, logs). Every row goes through the transformer in one call
+        (rows are independent; one call is faster)."""
         cfg = self.cfg
-        x0, noise, sigma, z_nce = state["x0"], state["noise"], state["sigma"], state["z_nce"]
-        x_t = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
-        fm = losses.flow_matching_loss(self.ops.velocity(self.pipe, x_t, sigma, batch.concept), noise, x0)
-        signatures = {}
-        n_text = batch.concept.tokens.shape[1]
         k = len(cfg.irrelevant)
-        for name, cond in (("concept", batch.concept), ("synonym", batch.synonym), ("irrelevant", batch.irrelevant)):
-            reps = k if name == "irrelevant" else 1
-            z = z_nce.repeat_interleave(reps, dim=0)
-            s = state["sigma_nce"].repeat_interleave(reps, dim=0)
-            with self.ops.capture_attention(self.pipe) as record:
-                self.ops.velocity(self.pipe, z, s, cond)
-            signatures[name] = losses.attention_signature(record["probs"], batch.keyword_masks[name], n_text)
-        irr = signatures["irrelevant"].reshape(cfg.batch_size, k, -1)
-        nce = losses.reverse_self_contrastive(signatures["concept"], signatures["synonym"], irr, cfg.tau)
-        return cfg.lambda_fm * fm + cfg.lambda_nce * nce, {"fm": fm.item(), "nce": nce.item()}
+        fm_cond = batch.concept if cfg.retain_images == "concept" else self._preserve(st.fm.idx)
+        parts = [(st.fm.x_t, st.fm.sigma, fm_cond)]
+        for cond, reps in ((batch.concept, 1), (batch.synonym, 1), (batch.irrelevant, k)):
+            parts.append((st.z_nce.repeat_interleave(reps, 0), st.sigma_nce.repeat_interleave(reps, 0), cond))
+        keep_rows = st.keep if with_keep else None
+        separate_keep = keep_rows is not None and keep_rows is not st.fm
+        if keep_rows is not None and separate_keep:
+            parts.append((keep_rows.x_t, keep_rows.sigma, self._preserve(keep_rows.idx)))
+        sizes = [len(x) for x, _, _ in parts]
+        with self.ops.capture_attention(self.pipe) as record:
+            v = self.ops.velocity(
+                self.pipe,
+                torch.cat([x for x, _, _ in parts]),
+                torch.cat([s for _, s, _ in parts]),
+                _cat([c for _, _, c in parts]),
+            )
+        v_rows, probs = v.split(sizes), record["probs"].split(sizes)
+        fm = losses.flow_matching_loss(v_rows[0], st.fm.noise, st.fm.x0)
+        n_text = batch.concept.tokens.shape[1]
+        sig = [
+            losses.attention_signature(probs[i], batch.keyword_masks[name], n_text)
+            for i, name in enumerate(("concept", "synonym", "irrelevant"), start=1)
+        ]
+        nce = losses.reverse_self_contrastive(sig[0], sig[1], sig[2].reshape(cfg.batch_size, k, -1), cfg.tau)
+        loss, logs = cfg.lambda_fm * fm + cfg.lambda_nce * nce, {"fm": fm.item(), "nce": nce.item()}
+        keep = None
+        if keep_rows is not None:
+            if st.v_frozen is None:  # the frozen model's answer does not change within a step: computed once
+                st.v_frozen = self._frozen_velocity(keep_rows)
+            keep = losses.velocity_preservation(v_rows[-1] if separate_keep else v_rows[0], st.v_frozen)
+            logs["preserve"] = keep.item()
+        return loss, keep, logs
 
-    def _retain_state(self) -> dict[str, torch.Tensor]:
+    @torch.no_grad()
+    def _frozen_velocity(self, rows: Noised) -> torch.Tensor:
+        self.lora.enabled = False
+        try:
+            return self.ops.velocity(self.pipe, rows.x_t, rows.sigma, self._preserve(rows.idx))
+        finally:
+            self.lora.enabled = True
+
+    def _preserve(self, idx: torch.Tensor) -> TextCondition:
+        assert self.preserve_cond is not None
+        return self.preserve_cond.index(idx)
+
+    def _noised(self, latents: torch.Tensor, n: int, on_schedule: bool) -> Noised:
+        """Rows noised at sigma ~ U(0, 1) (rectified-flow training, as published for the concept images) or at the
+        sampling schedule's own levels, where generation queries the model (used for the preserve terms: most of
+        the schedule sits at high noise, where the layout is decided and collateral changes show)."""
+        g = self.generator
+        idx = torch.randint(0, len(latents), (n,), generator=g)
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=g).to(x0)
+        if on_schedule:
+            levels = self.ops.sigmas(self.pipe, self.cfg.sample_steps)[:-1]
+            sigma = levels[torch.randint(0, len(levels), (n,), generator=g)].to(x0)
+        else:
+            sigma = torch.rand(n, generator=g).to(x0)
+        return Noised(idx, x0, noise, sigma)
+
+    def _retain_state(self) -> RetainState:
         cfg = self.cfg
-        idx = torch.randint(0, len(self.concept_latents), (cfg.batch_size,), generator=self.generator)
-        x0 = self.concept_latents[idx]
+        if cfg.retain_images == "concept":
+            fm = self._noised(self.concept_latents, cfg.batch_size, on_schedule=False)
+        else:
+            fm = self._noised(self.preserve_latents, cfg.preserve_batch, on_schedule=True)
+        keep = None
+        if cfg.lambda_preserve > 0:  # the flow-matching draw serves both terms when it is already a preserve image
+            keep = (
+                fm if cfg.retain_images == "preserve" else self._noised(self.preserve_latents, cfg.preserve_batch, True)
+            )
         stop = int(torch.randint(0, cfg.sample_steps, (1,), generator=self.generator))
         sig = self.ops.sigmas(self.pipe, cfg.sample_steps)
         z_nce = self.ops.noise(self.pipe, cfg.batch_size, self.generator)
-        return {
-            "x0": x0,
-            "noise": torch.randn(x0.shape, generator=self.generator).to(x0),
-            "sigma": torch.rand(cfg.batch_size, generator=self.generator).to(x0),
-            "z_nce": z_nce,
-            "sigma_nce": sig[stop].expand(cfg.batch_size).to(x0),
-        }
+        return RetainState(fm, keep, z_nce, sig[stop].expand(cfg.batch_size).to(z_nce))
 
     # ---- loop -------------------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         batch = self._batch()
         state = self._retain_state()
         loss_f, logs_f = self._forget(batch)
-        loss_r, logs_r = self._retain(batch, state)
+        loss_r, keep, logs_r = self._retain(batch, state)
         w = float(self.w.detach())
         total = losses.eupmu_combine(loss_r, loss_f, w)
+        if keep is not None:  # outside EUPMU, which drops L_r entirely while w < 0: preservation holds throughout
+            total = total + self.cfg.lambda_preserve * keep
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
         with torch.no_grad():
-            retain_after, _ = self._retain(batch, state)
+            retain_after, _, _ = self._retain(batch, state, with_keep=False)
         self.w_opt.zero_grad(set_to_none=True)
         self.w.grad = torch.tensor(
             losses.eupmu_weight_gradient(loss_r.item(), retain_after.item(), self.cfg.lr, self.cfg.eupmu_eps)
