@@ -21,12 +21,14 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLHunyuanVideo
 
+from erasure_core.checkpoints import FileCheckpoints
 from erasure_core.pipelines.open_sora.pipeline_open_sora import decorate_prompt, pack_latents, video_ids
 from erasure_core.pipelines.open_sora.transformer_open_sora import OpenSoraTransformer3DModel
 from erasure_core.worlds.clips import all_clip_captions, sample_clips
@@ -52,9 +54,9 @@ class VideoVaeTrainConfig:
 
 @dataclass
 class VideoTransformerTrainConfig:
-    """Hyperparameters of the transformer run (the committed weights' run)."""
+    """Hyperparameters of the transformer run (the committed weights' run; 3000 steps fell short of the bar)."""
 
-    steps: int = 3000
+    steps: int = 4500
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 200
@@ -152,6 +154,9 @@ def train_video_transformer(
     config: VideoTransformerTrainConfig | None = None,
     on_step: Callable[[int, float], None] | None = None,
     device: str = "cpu",
+    init: OpenSoraTransformer3DModel | None = None,
+    checkpoints: FileCheckpoints | None = None,
+    checkpoint_every: int = 250,
 ) -> OpenSoraTransformer3DModel:
     """Trains the tiny Open-Sora transformer (rectified flow, text dropout to the empty negative); returns its EMA.
 
@@ -159,10 +164,17 @@ def train_video_transformer(
         latents: packed clip latents [N, tokens, d] from `build_video_training_set`.
         rows: caption row of each clip into `tokens` / `pooled`.
         tokens, pooled: encoded captions from `encode_clip_captions` (last row: the empty negative).
+        init: weights to continue from (e.g. the committed transformer); its copy is trained and its EMA starts
+            from it. None: a fresh model.
+        checkpoints: where to save the whole training state every `checkpoint_every` steps and to resume from
+            (a killed run restarted with the same arguments ends with the same weights); cleared at the end.
     """
     config = config or VideoTransformerTrainConfig()
     torch.manual_seed(config.seed)
-    model = OpenSoraTransformer3DModel(**TRANSFORMER_CONFIG).to(device)
+    if init is None:
+        model = OpenSoraTransformer3DModel(**TRANSFORMER_CONFIG).to(device)
+    else:
+        model = copy.deepcopy(init).to(device).requires_grad_(True)
     ema = copy.deepcopy(model).requires_grad_(False)
     latents, rows, tokens, pooled = latents.to(device), rows.to(device), tokens.to(device), pooled.to(device)
     frames, height, width = latent_grid()
@@ -171,9 +183,14 @@ def train_video_transformer(
     negative = tokens.shape[0] - 1
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     g = torch.Generator().manual_seed(config.seed + 7)
+    first, wall_before, cpu_before = 0, 0.0, 0.0
+    saved = checkpoints.load() if checkpoints is not None else None
+    if saved is not None:
+        first, wall_before, cpu_before = _restore_training_state(saved, config, model, ema, opt, g)
+        logger.info("transformer resumed at step %d/%d (%.0f s before)", first, config.steps, wall_before)
     model.train()
-    started = time.monotonic()
-    for step in range(config.steps):
+    started, cpu_started = time.monotonic(), time.process_time()
+    for step in range(first, config.steps):
         for group in opt.param_groups:
             group["lr"] = config.lr * cosine_lr(step, config.steps, config.warmup)
         idx = torch.randint(len(latents), (config.batch_size,), generator=g)
@@ -201,9 +218,61 @@ def train_video_transformer(
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
                 p_ema.lerp_(p, 1 - config.ema_decay)
+        if checkpoints is not None and (step + 1) % checkpoint_every == 0 and step + 1 < config.steps:
+            wall, cpu = wall_before + time.monotonic() - started, cpu_before + time.process_time() - cpu_started
+            checkpoints.save(*_training_state(step + 1, config, model, ema, opt, g, wall, cpu))
         if on_step is not None:
             on_step(step, loss.item())
         if step % 100 == 0 or step == config.steps - 1:
-            elapsed = time.monotonic() - started
+            elapsed = wall_before + time.monotonic() - started
             logger.info("transformer step %d/%d loss %.4f (%.0f s)", step, config.steps, loss.item(), elapsed)
+    if checkpoints is not None:
+        checkpoints.clear()
     return ema.eval().to("cpu")
+
+
+def _training_state(
+    step: int,
+    config: VideoTransformerTrainConfig,
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    g: torch.Generator,
+    wall_s: float,
+    cpu_s: float,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The whole state of a transformer run after `step` steps, as (tensors, JSON state) for `FileCheckpoints`."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    for index, entry in opt.state_dict()["state"].items():
+        tensors.update({f"opt.{index}.{k}": torch.as_tensor(v) for k, v in entry.items()})
+    tensors["rng"] = g.get_state()
+    state = {"step": step, "config": asdict(config), "wall_s": wall_s, "cpu_s": cpu_s}
+    return tensors, state
+
+
+def _restore_training_state(
+    saved: tuple[dict[str, torch.Tensor], dict[str, Any]],
+    config: VideoTransformerTrainConfig,
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    g: torch.Generator,
+) -> tuple[int, float, float]:
+    """Loads a `_training_state` into the run's objects; returns (next step, wall s, CPU s spent before)."""
+    tensors, state = saved
+    if state.get("config") != asdict(config):
+        raise ValueError(f"checkpoint is of another run: {state.get('config')} != {asdict(config)}")
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    model.load_state_dict(part("model."))
+    ema.load_state_dict(part("ema."))
+    entries: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in part("opt.").items():
+        index, name = key.split(".", 1)
+        entries.setdefault(int(index), {})[name] = value
+    opt.load_state_dict({"state": entries, "param_groups": opt.state_dict()["param_groups"]})
+    g.set_state(tensors["rng"])
+    return int(state["step"]), float(state["wall_s"]), float(state["cpu_s"])
