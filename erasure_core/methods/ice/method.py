@@ -54,7 +54,7 @@ class ICE(ErasureMethod):
         for space in ctx.family.text_spaces:
             x_c, x_a = paired_top_rows(rows.erase[space.name], rows.anchor[space.name], config.max_erase_rows)
             x_p = even_rows(rows.preserve[space.name], config.max_preserve_rows)
-            v_e, m = dissociation_operator(x_c, x_a, x_p, **config.kernel_kwargs())
+            v_e, m = dissociation_operator(x_c, x_a, x_p, **config.kernel_kwargs(spec))
             ranks[space.name] = int(v_e.shape[1])
             for layer in space.layers:
                 weight = get_linear(ctx.pipe.transformer, layer).weight.detach().float().cpu()
@@ -65,6 +65,8 @@ class ICE(ErasureMethod):
             "erase_prompts": rows.n_erase,
             "preserve_prompts": rows.n_preserve,
             "ranks": ranks,
+            "eta": config.resolved_eta(spec),
+            "preserve_scale": config.resolved_preserve_scale(spec),
             "encode_s": round(encoded_at - started, 4),
             "solve_s": round(solved_at - encoded_at, 4),
         }
