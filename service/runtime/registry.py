@@ -332,12 +332,17 @@ class ErasureStore:
             RecordFinishedError: `require_active` and the record is already terminal (e.g. cancelled meanwhile).
         """
         with self._exclusive():
-            current = self._fresh(erasure_id)
-            if current is None:
-                raise ErasureNotFoundError(f"no erasure {erasure_id!r}")
-            if require_active and current.status.terminal:
-                raise RecordFinishedError(f"erasure {erasure_id} is already {current.status.value}")
+            current = self._fresh_for_update(erasure_id, require_active)
             return self._persist(current.model_copy(update=changes))
+
+    def _fresh_for_update(self, erasure_id: str, require_active: bool) -> ErasureRecord:
+        """The current record, under the store lock the caller holds; raises as `update` documents."""
+        current = self._fresh(erasure_id)
+        if current is None:
+            raise ErasureNotFoundError(f"no erasure {erasure_id!r}")
+        if require_active and current.status.terminal:
+            raise RecordFinishedError(f"erasure {erasure_id} is already {current.status.value}")
+        return current
 
     def get(self, erasure_id: str) -> ErasureRecord:
         record = self._fresh(erasure_id)
@@ -381,11 +386,7 @@ class ErasureStore:
         staged = save_artifact(artifact, self.artifacts_dir / f".{erasure_id}.{secrets.token_hex(4)}.tmp")
         try:
             with self._exclusive():
-                current = self._fresh(erasure_id)
-                if current is None:
-                    raise ErasureNotFoundError(f"no erasure {erasure_id!r}")
-                if require_active and current.status.terminal:
-                    raise RecordFinishedError(f"erasure {erasure_id} is already {current.status.value}")
+                current = self._fresh_for_update(erasure_id, require_active)
                 final = self.artifact_path(erasure_id)
                 os.replace(staged, final)
                 _fsync_dir(final.parent)
