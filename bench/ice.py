@@ -4,7 +4,8 @@ Usage: python bench/ice.py [--skip-table] [--shapes triangle cross] [--seeds 2] 
 Prints one JSON object. (a) times the closed-form solve and the low-rank deltas for Flux's two text layers
 (context_embedder 4096 -> 3072, text_embedder.linear_1 768 -> 3072) from 1,000 erase and 10,000 preserve token
 embeddings with random weights, excluding text encoding; target <= 1 s on this machine. (b) erases each shape with
-ICE and with a UCE closed form on the same rows, over the same seeds, and judges the samples.
+ICE (its defaults: no anchor, so eta resolves to 2) and with a UCE closed form on the same rows, over the same
+seeds, and judges the samples; `--eta` adds ICE rows with that eta forced (`--eta 0`: onto the placeholder).
 """
 
 from __future__ import annotations
