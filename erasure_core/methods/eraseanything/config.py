@@ -103,11 +103,6 @@ class EraseAnythingConfig(BaseModel):
             return {**PRESETS[data["preset"]], **data}
         return data
 
-    @classmethod
-    def cpu_preset(cls, **overrides: Any) -> EraseAnythingConfig:
-        """The "cpu" preset (what `{"preset": "cpu"}` gives an API caller), with optional overrides."""
-        return cls.model_validate({"preset": "cpu", **overrides})
-
     @property
     def uses_preserve_images(self) -> bool:
         return self.retain_images == "preserve" or self.lambda_preserve > 0

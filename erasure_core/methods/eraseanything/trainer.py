@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +61,15 @@ class LoRAHooks:
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for pair in self.params.values() for p in pair]
+
+    @contextmanager
+    def switched(self, enabled: bool) -> Iterator[None]:
+        """The factors on (True) or off (False, the frozen base model) inside the block; on again after it."""
+        self.enabled = enabled
+        try:
+            yield
+        finally:
+            self.enabled = True
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -158,11 +169,8 @@ class EraseAnythingTrainer:
         """Images of the prompts from the base pipeline itself (deterministic seeds), as packed latents."""
         cond = self.ops.encode_text(self.pipe, prompts)
         steps = self.cfg.sample_steps
-        self.lora.enabled = False
-        try:
+        with self.lora.switched(False):
             latents, _ = self.ops.sample_partial(self.pipe, cond, steps, steps, torch.Generator().manual_seed(12345))
-        finally:
-            self.lora.enabled = True
         return cond, latents
 
     def _keyword_mask(self, cond: TextCondition, words: list[str]) -> torch.Tensor:
@@ -208,15 +216,10 @@ class EraseAnythingTrainer:
         cfg = self.cfg
         stop = int(torch.randint(0, cfg.sample_steps, (1,), generator=self.generator))
         z, sigma = self.ops.sample_partial(self.pipe, batch.concept, cfg.sample_steps, stop, self.generator)
-        with torch.no_grad():
-            self.lora.enabled = not cfg.frozen_teacher
-            try:  # anchor and concept rows in one call (rows are independent; one call is faster)
-                both = self.ops.velocity(
-                    self.pipe, z.repeat(2, 1, 1), sigma.repeat(2), _cat([batch.anchor, batch.concept])
-                )
-                v0, vp = both.chunk(2)
-            finally:
-                self.lora.enabled = True
+        with torch.no_grad(), self.lora.switched(not cfg.frozen_teacher):
+            # anchor and concept rows in one call (rows are independent; one call is faster)
+            both = self.ops.velocity(self.pipe, z.repeat(2, 1, 1), sigma.repeat(2), _cat([batch.anchor, batch.concept]))
+            v0, vp = both.chunk(2)
         with self.ops.capture_attention(self.pipe) as record:
             vn = self.ops.velocity(self.pipe, z, sigma, batch.concept)
         esd = losses.esd_loss(vn, v0, vp, cfg.eta)
@@ -265,11 +268,8 @@ class EraseAnythingTrainer:
 
     @torch.no_grad()
     def _frozen_velocity(self, rows: Noised) -> torch.Tensor:
-        self.lora.enabled = False
-        try:
+        with self.lora.switched(False):
             return self.ops.velocity(self.pipe, rows.x_t, rows.sigma, self._preserve(rows.idx))
-        finally:
-            self.lora.enabled = True
 
     def _preserve(self, idx: torch.Tensor) -> TextCondition:
         assert self.preserve_cond is not None
