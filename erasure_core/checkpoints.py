@@ -37,12 +37,17 @@ class FileCheckpoints:
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
         return tensors, state
 
-    def saved_step(self) -> int | None:
-        """The step of the saved checkpoint (reads only the header), or None when there is none."""
+    def saved_state(self) -> dict[str, Any] | None:
+        """The saved checkpoint's JSON state (reads only the header), or None when there is none."""
         if not self.path.is_file():
             return None
         with safe_open(str(self.path), framework="pt") as handle:
-            step = json.loads((handle.metadata() or {}).get(_STATE_KEY, "{}")).get("step")
+            state: dict[str, Any] = json.loads((handle.metadata() or {}).get(_STATE_KEY, "{}"))
+        return state
+
+    def saved_step(self) -> int | None:
+        """The step of the saved checkpoint (reads only the header), or None when there is none."""
+        step = (self.saved_state() or {}).get("step")
         return int(step) if step is not None else None
 
     def save(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:

@@ -153,8 +153,8 @@ def main() -> None:
     if args.transformer_from is not None:
         init = OpenSoraTransformer3DModel.from_pretrained(str(args.transformer_from))
     store = FileCheckpoints(args.checkpoint) if args.checkpoint is not None else None
-    saved = store.load() if store is not None else None
-    resumed = saved[1] if saved is not None else {"step": 0, "wall_s": 0.0, "cpu_s": 0.0}
+    saved = store.saved_state() if store is not None else None  # the header only: training loads the tensors
+    resumed = saved or {"step": 0, "wall_s": 0.0, "cpu_s": 0.0}
     transformer = train_video_transformer(latents, rows, tokens, pooled, config, init=init, checkpoints=store)
     transformer.save_pretrained(str(world / "transformer"), safe_serialization=True)
     clock.lap("transformer")
