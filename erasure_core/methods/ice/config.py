@@ -31,9 +31,9 @@ class ICEConfig(BaseModel):
             model's prior for content-free prompts, which can be the object itself (the demo world draws circles for
             about half of them); pushing past the placeholder removes it. With an anchor the caller asked for that
             anchor, and an attribute (a colour, a style) has no such prior to escape: pushing a colour past "the"
-            cost a shape 5.6 points in tests/test_ice.py. bench/ice.py (no anchor, 36 samples per word): eta 0 / 1 /
-            2 (with preserve_scale 16) gave target 0.25 / 0.13 / 0.07, unnamed synonyms 0.36 / 0.20 / 0.14, other
-            shapes 0.826 / 0.824 / 0.826 (UCE 0.21 / 0.29 / 0.824).
+            cost a shape 5.6 points in tests/test_ice.py. `python bench/ice.py --eta 0` (no anchor, 36 samples per
+            word): the default (eta 2, preserve_scale 16) gave target 0.07, unnamed synonyms 0.21, other shapes
+            0.824; eta 0 gave 0.24 / 0.36 / 0.825; UCE 0.21 / 0.35 / 0.821.
         mine_k: mined neighbour phrasings added when the spec asks to expand.
         max_erase_rows: cap on erase rows per space (largest-norm rows kept).
         max_preserve_rows: cap on preserve rows per space (evenly subsampled).
