@@ -68,12 +68,12 @@ def time_real_dims(repeats: int = 3) -> dict[str, float]:
 
 def demo_table(shapes: list[str], seeds: int, etas: list[float]) -> dict[str, object]:
     from erasure_core.concepts import ConceptSpec
-    from erasure_core.engine import ErasureEngine
+    from erasure_core.models import load_engine
     from erasure_core.worlds.evaluation import engine_generator, erasure_samples, judge_samples
     from erasure_core.worlds.judge import load_judge
     from erasure_core.worlds.shapes import SHAPES, SYNONYMS
 
-    engine = ErasureEngine.load("demo", device="cpu")
+    engine = load_engine("flux", device="cpu")
     judge = load_judge()
     rows: dict[str, dict[str, float]] = {}
     per_shape: dict[str, dict[str, dict[str, float]]] = {}

@@ -54,10 +54,10 @@ def single_block_flops(n: int) -> float:
 
 def demo_training() -> dict[str, Any]:
     from erasure_core.concepts import ConceptSpec
-    from erasure_core.engine import ErasureEngine
     from erasure_core.methods.eraseanything.config import PRESETS
+    from erasure_core.models import load_engine
 
-    engine = ErasureEngine.load("demo", device="cpu")
+    engine = load_engine("flux", device="cpu")
     stamps: list[float] = []
     spec = ConceptSpec(concept="triangle", synonyms=("pyramid",))
     logger.info("demo world: EraseAnything++ job with the cpu preset")

@@ -4,7 +4,9 @@ Each edited Linear module gets one forward hook (registered once, named by `HOOK
 erasures' low-rank deltas to its output: y = W x + b + sum_i s_i B_i A_i x. Nothing is merged into the base weights,
 so detaching — or activating the empty set — gives bit-identical outputs, switching sets is a pointer change, and
 sets compose by addition (the same semantics as stacked peft LoRA adapters). Deltas of one set that touch the same
-module are concatenated once per set, so a set costs two small matmuls per module whatever its size.
+module are concatenated once per set, so a set costs two small matmuls per module whatever its size; a set of one
+erasure uses its attached factors as they are (scales are folded in at attach), so only sets of two or more hold a
+fused copy, and `fused_nbytes` reports what those copies cost (the service counts them in its cache budget).
 
 One `AdapterHost` per model. It is not thread-safe on its own: callers activate a set and run the model under one
 lock per pipeline (see the service's adapter manager).
@@ -15,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -45,6 +47,19 @@ class _ModuleSlot:
             return output
         x = inputs[0]
         return output + F.linear(F.linear(x, self.A), self.B)
+
+
+class ErasureSet(tuple[str, ...]):
+    """A set of erasure names in its one canonical form: sorted and unique, so equal sets compare and hash equal.
+
+    Constructing one from an `ErasureSet` returns it unchanged, so a set is normalised once where it enters (the
+    service builds it from a request) and passed through as it is after that.
+    """
+
+    def __new__(cls, names: Iterable[str] = ()) -> ErasureSet:
+        if isinstance(names, ErasureSet):
+            return names
+        return super().__new__(cls, sorted(set(names)))
 
 
 def layer_hash(model: nn.Module, module_names: Iterable[str]) -> str:
@@ -82,8 +97,8 @@ class AdapterHost:
         self.model = model
         self._slots: dict[str, _ModuleSlot] = {}
         self._attached: dict[str, dict[str, LowRankDelta]] = {}
-        self._active: tuple[str, ...] = ()
-        self._fused: OrderedDict[tuple[str, ...], dict[str, tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self._active = ErasureSet()
+        self._fused: OrderedDict[ErasureSet, dict[str, tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
 
     @classmethod
     def for_model(cls, model: nn.Module) -> AdapterHost:
@@ -99,8 +114,28 @@ class AdapterHost:
         return tuple(self._attached)
 
     @property
-    def active(self) -> tuple[str, ...]:
+    def active(self) -> ErasureSet:
         return self._active
+
+    @property
+    def fused_nbytes(self) -> int:
+        """Bytes held by fused copies of sets of two or more erasures (sets of one hold none)."""
+        return sum(_nbytes(fused) for fused in self._fused.values())
+
+    def fused_cost(self, names: Iterable[str]) -> int:
+        """Bytes that activating `names` would add as a new fused copy (0 when cached or fewer than two)."""
+        key = ErasureSet(names)
+        if len(key) < 2 or key in self._fused:
+            return 0
+        return sum(d.A.nbytes + d.B.nbytes for n in key for d in self._attached[n].values())
+
+    def drop_fused(self, keep: Iterable[str] = ()) -> int:
+        """Drops every cached fused copy but `keep`'s (they are rebuilt on demand); returns the bytes released."""
+        keep_key = ErasureSet(keep)
+        released = 0
+        for key in [k for k in self._fused if k != keep_key]:
+            released += _nbytes(self._fused.pop(key))
+        return released
 
     def _prepare(self, name: str, artifact: ErasureArtifact) -> dict[str, LowRankDelta]:
         prepared = {}
@@ -113,10 +148,11 @@ class AdapterHost:
                     f"{delta.B.shape[0]}x{delta.A.shape[1]}"
                 )
             like = module.weight
+            # Fresh, aligned copies: a set of one uses these as they are, and a factor that is a view into a loaded
+            # file's buffer can take another matmul path (other low bits) than the same values computed in memory.
             prepared[module_name] = LowRankDelta(
-                delta.A.to(device=like.device, dtype=like.dtype),
-                delta.B.to(device=like.device, dtype=like.dtype),
-                delta.scale,
+                delta.A.to(device=like.device, dtype=like.dtype, copy=True).contiguous(),
+                (delta.B * delta.scale).to(device=like.device, dtype=like.dtype).contiguous(),
             )
         return prepared
 
@@ -151,7 +187,9 @@ class AdapterHost:
             del self._fused[key]
         return True
 
-    def _fuse(self, names: tuple[str, ...]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def _fuse(self, names: ErasureSet) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        if len(names) == 1:
+            return {m: (d.A, d.B) for m, d in self._attached[names[0]].items()}
         cached = self._fused.get(names)
         if cached is not None:
             self._fused.move_to_end(names)
@@ -160,18 +198,15 @@ class AdapterHost:
         for n in names:
             for module_name, delta in self._attached[n].items():
                 per_module.setdefault(module_name, []).append(delta)
-        fused = {
-            m: (torch.cat([d.A for d in ds]), torch.cat([d.B * d.scale for d in ds], dim=1))
-            for m, ds in per_module.items()
-        }
+        fused = {m: (torch.cat([d.A for d in ds]), torch.cat([d.B for d in ds], dim=1)) for m, ds in per_module.items()}
         self._fused[names] = fused
         if len(self._fused) > _FUSED_CACHE_SIZE:
             self._fused.popitem(last=False)
         return fused
 
-    def activate(self, names: Sequence[str]) -> None:
+    def activate(self, names: Iterable[str]) -> None:
         """Makes exactly `names` active (order-insensitive; duplicates ignored); `[]` restores the base model."""
-        key = tuple(sorted(set(names)))
+        key = ErasureSet(names)
         missing = [n for n in key if n not in self._attached]
         if missing:
             raise AdapterNotFoundError(f"erasures not attached: {missing}")
@@ -187,6 +222,10 @@ class AdapterHost:
         self._slots.clear()
         self._attached.clear()
         self._fused.clear()
-        self._active = ()
+        self._active = ErasureSet()
         if getattr(self.model, HOOK_ATTR, None) is self:
             object.__delattr__(self.model, HOOK_ATTR)
+
+
+def _nbytes(fused: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> int:
+    return sum(a.nbytes + b.nbytes for a, b in fused.values())

@@ -111,13 +111,21 @@ class ErasureArtifact:
         return out
 
 
-def atomic_write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Writes a safetensors file atomically: serialized in memory, written to a `.{name}.*.tmp` file, fsynced, renamed.
+def fsync_dir(folder: Path) -> None:
+    """Makes a rename in `folder` durable."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
-    Serializing ourselves (not `save_file`) matters: recent safetensors releases stage through their own
-    `.tmpXXXXXX` file in the target folder, which a crash would leave behind under a name recovery does not own.
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Writes `data` to `path` atomically: a `.{name}.*.tmp` file in the same folder, fsynced, renamed into place.
+
+    A reader sees the old file or the new one, never a partial one; a crash leaves at most the staging file, under a
+    name that recovery owns.
     """
-    data = save(tensors, metadata=metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -126,14 +134,19 @@ def atomic_write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metad
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Writes a safetensors file atomically (`atomic_write_bytes`), serialized in memory.
+
+    Serializing ourselves (not `save_file`) matters: recent safetensors releases stage through their own
+    `.tmpXXXXXX` file in the target folder, which a crash would leave behind under a name recovery does not own.
+    """
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def save_artifact(artifact: ErasureArtifact, path: str | Path) -> Path:

@@ -1,4 +1,8 @@
-"""The `erasure` command line: generate, erase, and (with the service installed) serve and worker."""
+"""The core's command-line subcommands: `generate` and `erase` (no server, no queue).
+
+The `erasure` program (`service.cli`) adds `serve` and `worker` to these; `python -m erasure_core.cli` runs the core
+ones alone.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,13 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("erasure")
+
+AddCommands = Callable[[Any], None]  # receives the subparsers action of `build_parser`
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -22,12 +29,18 @@ def _parse_option(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _load(args: argparse.Namespace) -> Any:
+    from erasure_core.models import load_engine
+
+    return load_engine("flux", args.model, device=args.device, dtype=args.dtype)
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from erasure_core.artifacts import load_artifact
-    from erasure_core.engine import ErasureEngine
-    from erasure_core.generation import GenerationParams, to_png_bytes
+    from erasure_core.engines import GenerationParams
+    from erasure_core.media import to_png_bytes
 
-    engine = ErasureEngine.load(args.model, device=args.device, dtype=args.dtype)
+    engine = _load(args)
     names = []
     for path in args.erasure:
         name = Path(path).stem
@@ -47,7 +60,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_erase(args: argparse.Namespace) -> int:
     from erasure_core.artifacts import save_artifact, save_lora
     from erasure_core.concepts import ConceptSpec
-    from erasure_core.engine import ErasureEngine
 
     spec = ConceptSpec(
         concept=args.concept,
@@ -57,7 +69,7 @@ def _cmd_erase(args: argparse.Namespace) -> int:
         anchor=args.anchor,
         expand=args.expand,
     )
-    engine = ErasureEngine.load(args.model, device=args.device, dtype=args.dtype)
+    engine = _load(args)
     artifact = engine.erase(spec, method=args.method, options=dict(args.option))
     save_artifact(artifact, args.output)
     logger.info("wrote %s (%s)", args.output, json.dumps(artifact.metadata.get("stats", {})))
@@ -67,38 +79,14 @@ def _cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        from service.main import run_server
-    except ImportError:
-        logger.error("the service package is not installed")
-        return 2
-    run_server(host=args.host, port=args.port)
-    return 0
-
-
-def _cmd_worker(args: argparse.Namespace) -> int:
-    try:
-        from service.jobs.worker import run_worker
-    except ImportError:
-        logger.error("the service package with job support is not installed")
-        return 2
-    processed = run_worker(burst=args.burst)
-    logger.info("worker stopped (%s)", "jobs processed" if processed else "no jobs processed")
-    return 0
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="demo", help="'demo', a diffusers Flux folder, or a hub id")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="erasure", description="Concept erasure for rectified-flow generators")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_core_commands(sub: Any) -> None:
+    """Adds `generate` and `erase` to a subparsers action."""
     gen = sub.add_parser("generate", help="generate images, optionally with erasures attached")
     _common(gen)
     gen.add_argument("--prompt", required=True)
@@ -125,19 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--lora-output", default=None, help="also write a diffusers-compatible LoRA here")
     er.set_defaults(func=_cmd_erase)
 
-    serve = sub.add_parser("serve", help="run the HTTP service")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
-    serve.set_defaults(func=_cmd_serve)
 
-    worker = sub.add_parser("worker", help="run a job worker (needs ERASURE_REDIS_URL)")
-    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
-    worker.set_defaults(func=_cmd_worker)
+def build_parser(*extra: AddCommands) -> argparse.ArgumentParser:
+    """The `erasure` parser with the core subcommands and those each of `extra` adds."""
+    parser = argparse.ArgumentParser(prog="erasure", description="Concept erasure for rectified-flow generators")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_core_commands(sub)
+    for add in extra:
+        add(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parses `argv`, sets up logging and runs the chosen subcommand; library errors exit 1 with their code."""
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -151,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # pydantic validation of the concept spec
         logger.error("invalid_request: %s", e)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from erasure_core import __version__
 from service.api import erasures, health, images, videos
 from service.api.errors import register_error_handlers
 from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.runtime.pipelines import PipelinePool
+from service.pipelines import PipelinePool
 from service.runtime.state import ServiceRuntime
 from service.settings import Settings, get_settings
 

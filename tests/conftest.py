@@ -26,11 +26,9 @@ def demo_dir(cache_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_engine(demo_dir: Path):
-    from erasure_core.engine import ErasureEngine
-    from erasure_core.pipelines.loading import load_flux_pipeline
+    from erasure_core.models import load_engine
 
-    loaded = load_flux_pipeline("demo", device="cpu", cache_dir=demo_dir.parent)
-    return ErasureEngine(loaded)
+    return load_engine("flux", "demo", device="cpu", cache_dir=demo_dir.parent)
 
 
 @pytest.fixture(scope="session")

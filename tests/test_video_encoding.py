@@ -1,4 +1,4 @@
-"""The clip encoders of `erasure_core.video`: animated GIF and WebP (Pillow), MP4 (PyAV) decode back frame for frame."""
+"""The clip encoders of `erasure_core.media`: animated GIF and WebP (Pillow), MP4 (PyAV) decode back frame for frame."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from erasure_core.video import to_gif_bytes, to_mp4_bytes, to_webp_bytes
+from erasure_core.media import to_gif_bytes, to_mp4_bytes, to_webp_bytes
 from erasure_core.worlds.clips import sample_clips
 
 FRAMES = 9

@@ -146,7 +146,7 @@ def test_generated_clips_show_the_requested_shape(report: VideoWorldReport) -> N
 
 
 def test_generate_video_defaults(pipe) -> None:
-    from erasure_core.video import generate_video
+    from erasure_core.engines.open_sora import generate_video
 
     frames = generate_video(pipe, "a green square", seed=3, steps=8)
     assert frames.shape == (CLIP_FRAMES, 3, 32, 32)

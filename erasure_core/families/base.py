@@ -6,7 +6,9 @@ prompt, so adding a family (Open-Sora) is one new file, with no change to any me
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -16,7 +18,37 @@ from erasure_core.errors import NoMatchingModuleError
 
 
 class TextEncoding(Protocol):
+    """Encodes prompts as the pipeline feeds them to its transformer: {space name: tensor} (float32, CPU)."""
+
     def __call__(self, pipe: Any, prompts: list[str]) -> dict[str, torch.Tensor]: ...
+
+
+MaxSequenceLength = Callable[[Any], int]
+"""pipe -> the text length the model samples with."""
+
+NativeSize = Callable[[Any], tuple[int, int]]
+"""pipe -> the model's native (height, width) in pixels."""
+
+
+class TrainingOps(Protocol):
+    """What trained methods need from a family: text conditions, velocities on packed latents, the sampler's noise
+    levels, partial sampling and attention capture. `cond` is the family's own text-condition value."""
+
+    def encode_text(self, pipe: Any, prompts: list[str]) -> Any: ...
+
+    def keyword_positions(self, pipe: Any, cond: Any, keyword: str) -> list[list[int]]: ...
+
+    def velocity(self, pipe: Any, latents: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor: ...
+
+    def noise(self, pipe: Any, n: int, generator: torch.Generator) -> torch.Tensor: ...
+
+    def sigmas(self, pipe: Any, steps: int) -> torch.Tensor: ...
+
+    def sample_partial(
+        self, pipe: Any, cond: Any, steps: int, stop: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def capture_attention(self, pipe: Any, block: int = -1) -> AbstractContextManager[dict[str, torch.Tensor]]: ...
 
 
 @dataclass(frozen=True)
@@ -35,16 +67,15 @@ class TextSpace:
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """A model family declared as data plus two small functions."""
+    """A model family declared as data plus a few small functions."""
 
     name: str
     text_spaces: tuple[TextSpace, ...]
     lora_targets: dict[str, tuple[str, ...]]
     encode: TextEncoding
-    default_max_sequence_length: Any
-    native_size: Any
-    training: Any = None  # per-family ops for trained methods (latents, velocities, attention); None: none
-    extra: dict[str, Any] = field(default_factory=dict)
+    default_max_sequence_length: MaxSequenceLength
+    native_size: NativeSize
+    training: TrainingOps | None = None  # None: the family has no training support (trained methods refuse it)
 
     @property
     def edited_layers(self) -> tuple[str, ...]:

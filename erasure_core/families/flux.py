@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from erasure_core.families.base import ModelFamily, TextSpace
+from erasure_core.families.flux_training import FluxTrainingOps
 
 MAX_T5_LENGTH = 512
 
@@ -43,8 +44,6 @@ def encode_prompts(pipe: Any, prompts: list[str], max_sequence_length: int | Non
     return {"tokens": tokens.float().cpu(), "pooled": pooled.float().cpu()}
 
 
-from erasure_core.families.flux_training import FluxTrainingOps  # noqa: E402 (needs the helpers above)
-
 FLUX = ModelFamily(
     name="flux",
     text_spaces=(
@@ -63,5 +62,5 @@ FLUX = ModelFamily(
     encode=encode_prompts,
     default_max_sequence_length=default_max_sequence_length,
     native_size=native_size,
-    training=FluxTrainingOps(),
+    training=FluxTrainingOps(max_sequence_length=default_max_sequence_length, native_size=native_size),
 )

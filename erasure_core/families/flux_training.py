@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from erasure_core.families.flux import default_max_sequence_length, native_size
+from erasure_core.families.base import MaxSequenceLength, NativeSize
 
 
 @dataclass
@@ -30,17 +30,21 @@ class TextCondition:
         return TextCondition(self.tokens[idx], self.pooled[idx], self.input_ids[idx])
 
 
+@dataclass(frozen=True)
 class FluxTrainingOps:
-    """Stateless helpers over a loaded FluxPipeline."""
+    """Stateless helpers over a loaded FluxPipeline; the family passes in how it reads its text length and size."""
+
+    max_sequence_length: MaxSequenceLength
+    native_size: NativeSize
 
     def latent_grid(self, pipe: Any, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """(channels, latent height, latent width) of unpacked latents at the given (default native) size."""
-        h, w = native_size(pipe)
+        h, w = self.native_size(pipe)
         factor = pipe.vae_scale_factor
         return pipe.transformer.config.in_channels // 4, (height or h) // factor, (width or w) // factor
 
     def encode_text(self, pipe: Any, prompts: list[str]) -> TextCondition:
-        length = default_max_sequence_length(pipe)
+        length = self.max_sequence_length(pipe)
         with torch.no_grad():
             tokens, pooled, _ = pipe.encode_prompt(
                 prompt=prompts, prompt_2=None, device=pipe.transformer.device, max_sequence_length=length
@@ -58,15 +62,6 @@ class FluxTrainingOps:
             hits = [i for i in range(len(row) - len(piece) + 1) if row[i : i + len(piece)] == piece]
             out.append([i + j for i in hits for j in range(len(piece))])
         return out
-
-    def encode_images(self, pipe: Any, images: torch.Tensor) -> torch.Tensor:
-        """Images [N, 3, H, W] in [0, 1] -> normalised packed latents [N, tokens, 4C]."""
-        vae = pipe.vae
-        with torch.no_grad():
-            latents = vae.encode((images * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mode()
-        latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
-        n, c, h, w = latents.shape
-        return pipe._pack_latents(latents, n, c, h, w)
 
     def ids(self, pipe: Any, cond: TextCondition, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         _, h, w = grid

@@ -52,7 +52,7 @@ def encode_prompts(pipe: Any, prompts: list[str], max_sequence_length: int | Non
 
 
 OPEN_SORA = ModelFamily(
-    name="open_sora",
+    name="open-sora",
     text_spaces=(
         TextSpace("tokens", ("context_embedder",)),
         TextSpace("pooled", ("time_text_embed.text_embedder.linear_1",)),
@@ -69,5 +69,4 @@ OPEN_SORA = ModelFamily(
     encode=encode_prompts,
     default_max_sequence_length=default_max_sequence_length,
     native_size=native_size,
-    extra={"prompt_suffix": {"fps": DEFAULT_FPS, "motion_score": DEFAULT_MOTION_SCORE}},
 )

@@ -92,15 +92,8 @@ def register_method(method: ErasureMethod) -> None:
 
 
 def get_method(name: str) -> ErasureMethod:
-    from erasure_core import methods  # noqa: F401  (registers the built-in methods)
-
+    """A registered method by name. Import it from `erasure_core.methods`, whose import registers the built-ins."""
     try:
         return _REGISTRY[name]
     except KeyError:
         raise UnknownMethodError(f"unknown method {name!r}; expected one of {sorted(_REGISTRY)}") from None
-
-
-def method_names() -> list[str]:
-    from erasure_core import methods  # noqa: F401
-
-    return sorted(_REGISTRY)

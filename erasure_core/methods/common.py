@@ -26,16 +26,6 @@ def flatten(states: torch.Tensor) -> torch.Tensor:
     return states.reshape(-1, states.shape[-1])
 
 
-def top_rows(x: torch.Tensor, limit: int) -> torch.Tensor:
-    """Drops near-zero rows (positions the concept does not change) and keeps the `limit` largest."""
-    norms = x.norm(dim=1)
-    keep = norms > norms.max() * 1e-3
-    x, norms = x[keep], norms[keep]
-    if len(x) > limit:
-        x = x[norms.argsort(descending=True)[:limit]]
-    return x
-
-
 def paired_top_rows(x: torch.Tensor, anchor: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows where the concept differs from its anchor (largest differences first), kept in pairs."""
     norms = (x - anchor).norm(dim=1)

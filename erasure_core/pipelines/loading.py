@@ -1,8 +1,9 @@
-"""Loading pipelines: the demo worlds and real checkpoints through the same code path.
+"""Loading pipelines of every family from a diffusers folder or a hub id, through one code path.
 
-`load_flux_pipeline("demo")` assembles the bundled demo world and loads it with `FluxPipeline.from_pretrained`,
-exactly as a real FLUX.1 folder or hub id is loaded. Downloads are off unless the caller allows them, so a missing
-checkpoint fails fast with a clear message instead of reaching for the network.
+`load_flux_pipeline(source)` and `load_open_sora_pipeline(source)` load with `from_pretrained` on the configured
+device and dtype, eval mode, no gradients. Downloads are off unless the caller allows them, so a missing checkpoint
+fails fast with a clear message instead of reaching for the network. The bundled demo worlds are not known here:
+`erasure_core.models` assembles a world's folder and hands it to these loaders like any other folder.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from erasure_core.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-DEMO = "demo"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -33,12 +33,20 @@ DTYPES: dict[str, torch.dtype] = {
 
 @dataclass(frozen=True)
 class LoadedPipeline:
-    """A loaded pipeline with the identity of what it was loaded from."""
+    """A loaded pipeline with the identity of what it was loaded from.
+
+    Attributes:
+        pipe: the diffusers pipeline. family: its family's name (see `erasure_core.families`).
+        source: the folder or hub id it was loaded from. model_id: what the caller named (e.g. "demo").
+        preserve_corpus: typical prompts of the model's world when its source ships them (the demo worlds do),
+            added to the everyday prompts that erasure methods preserve.
+    """
 
     pipe: Any
     family: str
     source: str
     model_id: str
+    preserve_corpus: tuple[str, ...] = ()
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -57,12 +65,8 @@ def resolve_device(name: str) -> torch.device:
         raise ModelLoadError(f"invalid device {name!r}") from e
 
 
-def resolve_flux_source(model: str, cache_dir: Path | None = None) -> str:
-    """Maps "demo" to the assembled demo folder; checks that a path exists or that the string is a hub id."""
-    if model == DEMO:
-        from erasure_core.worlds.flux_world import assemble_flux_world
-
-        return str(assemble_flux_world(cache_dir))
+def resolve_source(model: str) -> str:
+    """Checks that `model` is a diffusers pipeline folder or a hub id; returns the absolute folder or the id."""
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
@@ -70,39 +74,50 @@ def resolve_flux_source(model: str, cache_dir: Path | None = None) -> str:
         return str(path.resolve())
     if _HUB_ID.match(model):
         return model
-    raise ModelLoadError(f"model {model!r} is neither 'demo', an existing folder, nor a hub id like 'org/name'")
+    raise ModelLoadError(f"model {model!r} is neither an existing folder nor a hub id like 'org/name'")
 
 
-def load_flux_pipeline(
-    model: str = DEMO,
+def load_pipeline(
+    pipeline_cls: Any,
+    family: str,
+    model: str,
     device: str = "auto",
     dtype: str = "float32",
     allow_downloads: bool = False,
-    cache_dir: Path | None = None,
+    model_id: str | None = None,
+    preserve_corpus: tuple[str, ...] = (),
 ) -> LoadedPipeline:
-    """Loads a Flux pipeline (any diffusers Flux folder or hub id, or the demo world).
-
-    Text encoders need not be T5/CLIP: the demo world's are BERT, and `from_pretrained` loads whatever classes
-    `model_index.json` names.
+    """Loads `pipeline_cls.from_pretrained(model)` frozen on `device`; the shared body of the family loaders.
 
     Raises:
         ModelLoadError: the source is invalid, missing locally with downloads off, or fails to load.
     """
-    from diffusers import FluxPipeline
-
-    source = resolve_flux_source(model, cache_dir)
+    source = resolve_source(model)
     try:
-        pipe = FluxPipeline.from_pretrained(
+        pipe = pipeline_cls.from_pretrained(
             source, torch_dtype=resolve_dtype(dtype), local_files_only=not allow_downloads
         )
-    except ModelLoadError:
-        raise
     except Exception as e:
         hint = "" if allow_downloads else " (downloads are off: set ERASURE_ALLOW_DOWNLOADS=1 to fetch from a hub)"
-        raise ModelLoadError(f"could not load Flux pipeline from {model!r}: {e}{hint}") from e
+        raise ModelLoadError(f"could not load {pipeline_cls.__name__} from {model!r}: {e}{hint}") from e
     pipe.to(resolve_device(device))
     for component in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
         component.eval()
         component.requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
-    return LoadedPipeline(pipe=pipe, family="flux", source=source, model_id=model)
+    return LoadedPipeline(pipe, family, source, model_id or model, preserve_corpus)
+
+
+def load_flux_pipeline(model: str, **kwargs: Any) -> LoadedPipeline:
+    """Loads any diffusers Flux folder or hub id. Text encoders need not be T5/CLIP: the demo world's are BERT, and
+    `from_pretrained` loads whatever classes `model_index.json` names."""
+    from diffusers import FluxPipeline
+
+    return load_pipeline(FluxPipeline, "flux", model, **kwargs)
+
+
+def load_open_sora_pipeline(model: str, **kwargs: Any) -> LoadedPipeline:
+    """Loads an `OpenSoraPipeline` folder (this project's diffusers layout of Open-Sora 2.0) or hub id."""
+    from erasure_core.pipelines.open_sora import OpenSoraPipeline
+
+    return load_pipeline(OpenSoraPipeline, "open-sora", model, **kwargs)

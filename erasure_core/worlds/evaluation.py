@@ -7,8 +7,9 @@ erasure alone.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -16,6 +17,16 @@ from erasure_core.worlds.judge import SHAPE_CLASSES, ShapeJudge, judge_images, l
 from erasure_core.worlds.shapes import COLOR_NAMES, SHAPES, caption, shape_words
 
 Generate = Callable[[list[str], list[int]], torch.Tensor]
+
+
+class Generates(Protocol):
+    """What evaluation needs of an engine (`erasure_core.engines.ErasureEngine` is one)."""
+
+    def generate(
+        self, prompts: Sequence[str], seeds: Sequence[int], params: Any = None, erasures: Iterable[str] = ()
+    ) -> torch.Tensor: ...
+
+
 EVAL_TEMPLATES = (0, 2, 4)
 
 
@@ -96,11 +107,8 @@ def judge_samples(generate: Generate, samples: Sequence[Sample], judge: ShapeJud
     )
 
 
-def engine_generator(engine: object, erasures: Sequence[str] = (), batch: int = 96) -> Generate:
-    """A `Generate` callable over an `ErasureEngine` with a fixed erasure set, in bounded batches."""
-    from erasure_core.engine import ErasureEngine
-
-    assert isinstance(engine, ErasureEngine)
+def engine_generator(engine: Generates, erasures: Sequence[str] = (), batch: int = 96) -> Generate:
+    """A `Generate` callable over an engine with a fixed erasure set, in bounded batches."""
 
     def generate(prompts: list[str], seeds: list[int]) -> torch.Tensor:
         chunks = [

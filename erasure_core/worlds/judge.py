@@ -56,9 +56,6 @@ class Verdict:
     def shape_names(self) -> list[str]:
         return [SHAPE_CLASSES[int(i)] for i in self.shapes]
 
-    def color_names(self) -> list[str]:
-        return [COLOR_NAMES[int(i)] for i in self.colors]
-
 
 def load_judge(path: Path = JUDGE_WEIGHTS) -> ShapeJudge:
     """Loads the committed judge (safetensors) in eval mode."""

@@ -15,7 +15,6 @@ from transformers import BertModel, BertTokenizerFast
 
 # Both tokenizers are saved with this model_max_length, so a caller that reads it samples as the model was trained.
 DEMO_MAX_SEQUENCE_LENGTH = 24
-ENCODER_HIDDEN_SIZE = 384
 
 
 def encoder_path() -> Path:

@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 VIDEO_WORLD_WEIGHTS = Path(__file__).parent / "weights" / "video_shapes"
 VIDEO_SIZE = 32
 VIDEO_FRAMES = 9
-VIDEO_FPS = 8  # for previews only; prompts carry the pipeline's default " 24 FPS." suffix, as in training
 LATENT_CHANNELS = 16
 
 VAE_CONFIG: dict[str, Any] = {

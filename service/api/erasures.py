@@ -8,21 +8,18 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from service.api.deps import PrincipalDep, ReadyRuntimeDep, RuntimeDep
-from service.api.schemas import ErasureCreate, ErasureDeleted, ErasureList, ErasurePublic, ErrorResponse
-from service.runtime.registry import JobStatus
+from service.api.errors import ERROR_RESPONSES
+from service.schemas import ErasureCreate, ErasureDeleted, ErasureList, ErasurePublic
+from service.store import JobStatus
 
 router = APIRouter(prefix="/v1/erasures", tags=["erasures"])
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 500, 503)
-}
 
 
 @router.post(
     "",
     status_code=201,
     response_model=ErasurePublic,
-    responses={202: {"model": ErasurePublic, "description": "Queued (trained methods)"}, **_ERRORS},
+    responses={202: {"model": ErasurePublic, "description": "Queued (trained methods)"}, **ERROR_RESPONSES},
 )
 async def create_erasure(body: ErasureCreate, principal: PrincipalDep, runtime: ReadyRuntimeDep) -> Any:
     """Erase a concept. Closed-form methods answer 201 with the erasure ready; trained ones 202 queued."""
@@ -33,20 +30,20 @@ async def create_erasure(body: ErasureCreate, principal: PrincipalDep, runtime: 
     return JSONResponse(public.model_dump(mode="json"), status_code=202)
 
 
-@router.get("", response_model=ErasureList, responses=_ERRORS)
+@router.get("", response_model=ErasureList, responses=ERROR_RESPONSES)
 def list_erasures(principal: PrincipalDep, runtime: RuntimeDep) -> ErasureList:
     """The caller's erasures and the operator-wide ones."""
     records = runtime.erasures.list(principal)
     return ErasureList(data=[ErasurePublic.from_record(r, runtime.tenancy.operator) for r in records])
 
 
-@router.get("/{erasure_id}", response_model=ErasurePublic, responses=_ERRORS)
+@router.get("/{erasure_id}", response_model=ErasurePublic, responses=ERROR_RESPONSES)
 def get_erasure(erasure_id: str, principal: PrincipalDep, runtime: RuntimeDep) -> ErasurePublic:
     """Status, progress, timings and metadata of one erasure."""
     return ErasurePublic.from_record(runtime.erasures.get(principal, erasure_id), runtime.tenancy.operator)
 
 
-@router.delete("/{erasure_id}", response_model=ErasureDeleted, responses=_ERRORS)
+@router.delete("/{erasure_id}", response_model=ErasureDeleted, responses=ERROR_RESPONSES)
 def delete_erasure(erasure_id: str, principal: PrincipalDep, runtime: RuntimeDep) -> ErasureDeleted:
     """Delete a finished erasure (waits for generations using it), or cancel a queued or running job: it stops at
     its next step and its record stays, `cancelled`, until deleted."""
@@ -58,7 +55,10 @@ def delete_erasure(erasure_id: str, principal: PrincipalDep, runtime: RuntimeDep
 @router.get(
     "/{erasure_id}/lora",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "LoRA safetensors"}, **_ERRORS},
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "LoRA safetensors"},
+        **ERROR_RESPONSES,
+    },
 )
 def export_lora(erasure_id: str, principal: PrincipalDep, runtime: RuntimeDep) -> Response:
     """The erasure as a diffusers-compatible LoRA (safetensors; `pipe.load_lora_weights` accepts it)."""

@@ -8,6 +8,7 @@ Every error body is `{"error": {"code": "<stable snake_case>", "message": "..."}
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,6 +39,7 @@ from service.errors import (
     QueueUnavailableError,
     UnauthorizedError,
 )
+from service.schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,11 @@ STATUS: dict[type[ErasureError], int] = {
 
 # Framework statuses that carry no typed error.
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+# What every route documents: each status of the table, malformed JSON (400) and the catch-all (500).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in sorted({*STATUS.values(), 400, 422, 500})
+}
 
 
 def status_of(error: ErasureError) -> int:

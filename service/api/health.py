@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
 from service.api.deps import RuntimeDep
-from service.api.schemas import ErrorResponse, Health, Readiness
+from service.schemas import ErrorResponse, Health, Readiness
 
 router = APIRouter(tags=["health"])
 

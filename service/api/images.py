@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from service.api.deps import PrincipalDep, ReadyRuntimeDep
-from service.api.schemas import ErrorResponse, ImageData, ImageGenerationRequest, ImageGenerationResponse
+from service.api.errors import ERROR_RESPONSES
+from service.schemas import ImageData, ImageGenerationRequest, ImageGenerationResponse
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429, 500, 503)
-}
 
-
-@router.post("/generations", response_model=ImageGenerationResponse, responses=_ERRORS)
+@router.post("/generations", response_model=ImageGenerationResponse, responses=ERROR_RESPONSES)
 async def create_images(
     body: ImageGenerationRequest, principal: PrincipalDep, runtime: ReadyRuntimeDep
 ) -> ImageGenerationResponse:

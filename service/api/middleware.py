@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.runtime.metrics import Metrics
+from service.metrics import Metrics
 
 
 async def _send_error(send: Send, status: int, code: str, message: str) -> None:

@@ -20,11 +20,11 @@ from erasure_core.artifacts import ErasureArtifact
 from erasure_core.checkpoints import FileCheckpoints
 from erasure_core.concepts import ConceptSpec
 from erasure_core.errors import ErasureError
-from erasure_core.methods.base import get_method
+from erasure_core.methods import get_method
 from service.errors import ErasureFailedError, ErasureNotFoundError
-from service.runtime.metrics import Metrics
-from service.runtime.pipelines import PipelinePool
-from service.runtime.registry import ErasureRecord, ErasureStore, ErrorInfo, JobStatus, RecordFinishedError
+from service.metrics import Metrics
+from service.pipelines import PipelinePool
+from service.store import ErasureRecord, ErasureStore, ErrorInfo, JobStatus, RecordFinishedError
 
 logger = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from rq.serializers import JSONSerializer
 
 from service.errors import ErasureNotFoundError, QueueUnavailableError
 from service.jobs.execution import JobExecutor
-from service.runtime.registry import ErasureRecord, ErasureStore, ErrorInfo, JobStatus, RecordFinishedError
 from service.settings import Settings
+from service.store import ErasureRecord, ErasureStore, ErrorInfo, JobStatus, RecordFinishedError
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from service.jobs.execution import JobExecutor, Outcome
-from service.runtime.metrics import Metrics
-from service.runtime.pipelines import PipelinePool
-from service.runtime.registry import ErasureRecord, ErasureStore
+from service.metrics import Metrics
+from service.pipelines import PipelinePool
 from service.settings import Settings
+from service.store import ErasureRecord, ErasureStore
 
 logger = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from rq.serializers import JSONSerializer
 
 from service.jobs.execution import JobExecutor, Outcome
 from service.jobs.redis_queue import Keys, Lease, Reaper, connect, reap
-from service.runtime.metrics import Metrics
-from service.runtime.pipelines import PipelinePool
-from service.runtime.registry import ErasureStore
+from service.metrics import Metrics
+from service.pipelines import PipelinePool
 from service.settings import Settings, get_settings
+from service.store import ErasureStore
 
 logger = logging.getLogger(__name__)
 

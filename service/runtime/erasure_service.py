@@ -15,14 +15,14 @@ from pydantic import ValidationError
 from safetensors.torch import save
 
 from erasure_core.concepts import ConceptSpec
-from erasure_core.methods.base import get_method
-from service.api.schemas import ErasureCreate
+from erasure_core.methods import get_method
 from service.errors import ErasureNotFoundError, ErasureNotReadyError, InvalidRequestError, QueueUnavailableError
 from service.jobs.runner import JobRunner
+from service.pipelines import PipelinePool
 from service.runtime.adapter_manager import AdapterManager
-from service.runtime.pipelines import PipelinePool
-from service.runtime.registry import ErasureRecord, ErasureStore, JobStatus, RecordFinishedError, is_valid_id, new_id
 from service.runtime.tenancy import Principal, Tenancy
+from service.schemas import ErasureCreate
+from service.store import ErasureRecord, ErasureStore, JobStatus, RecordFinishedError, is_valid_id, new_id
 
 logger = logging.getLogger(__name__)
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import secrets
 
+from erasure_core.adapters import ErasureSet
 from service.errors import ErasureNotFoundError, ErasureNotReadyError, InvalidRequestError, PayloadTooLargeError
-from service.runtime.pipelines import ModelDefaults, PipelinePool
-from service.runtime.registry import ErasureStore, JobStatus, is_valid_id
+from service.pipelines import ModelDefaults, PipelinePool
 from service.runtime.scheduler import GenerationScheduler
 from service.runtime.tenancy import Principal, Tenancy
 from service.settings import Settings, parse_size
+from service.store import ErasureStore, JobStatus, is_valid_id
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ class GenerationService:
             raise InvalidRequestError(f"steps must be between 1 and {self.settings.max_steps}, got {steps}")
         return steps
 
-    def resolve_erasures(self, principal: Principal, requested: list[str], model: str) -> tuple[str, ...]:
-        """The sorted, unique erasure set of a request: the requested ids plus the tenant's mandatory ones.
+    def resolve_erasures(self, principal: Principal, requested: list[str], model: str) -> ErasureSet:
+        """The erasure set of a request: the requested ids plus the tenant's mandatory ones.
 
         Raises:
             ErasureNotFoundError: an id is malformed, unknown or not visible to the caller.
@@ -99,4 +100,4 @@ class GenerationService:
                 logger.error("mandatory erasure %s for tenant %s is unavailable", erasure_id, principal.tenant)
                 raise ErasureNotReadyError(f"a mandatory erasure ({erasure_id}) required by policy is not available")
             chosen.add(erasure_id)
-        return tuple(sorted(chosen))
+        return ErasureSet(chosen)

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
-from erasure_core.generation import GenerationParams, to_png_bytes
-from service.api.schemas import MAX_SEED, ImageGenerationRequest
+from erasure_core.engines import GenerationParams
+from erasure_core.media import to_png_bytes
 from service.errors import InvalidRequestError, ModelNotAvailableError
 from service.runtime.generation import GenerationService
 from service.runtime.tenancy import Principal
+from service.schemas import MAX_SEED, ImageGenerationRequest
 
 logger = logging.getLogger(__name__)
 

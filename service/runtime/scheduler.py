@@ -12,16 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from erasure_core.generation import GenerationParams
+from erasure_core.adapters import ErasureSet
+from erasure_core.engines import GenerationParams
 from service.errors import OverloadedError
+from service.metrics import Metrics
 from service.runtime.adapter_manager import AdapterManager
-from service.runtime.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class GenerationJob:
     """One request: `n` images (or clips: `params` a `VideoParams`) of one prompt with consecutive seeds, under one
     erasure set."""
 
-    erasures: tuple[str, ...]
+    erasures: ErasureSet
     prompts: list[str]
     seeds: list[int]
     params: GenerationParams
@@ -76,7 +76,7 @@ class GenerationScheduler:
         return self.manager.handle.name
 
     async def submit(
-        self, erasures: Sequence[str], prompts: list[str], seeds: list[int], params: GenerationParams
+        self, erasures: ErasureSet, prompts: list[str], seeds: list[int], params: GenerationParams
     ) -> torch.Tensor:
         """Queues one request and waits for its images [N, 3, H, W] (clips [N, F, 3, H, W] from a video engine).
 
@@ -84,7 +84,7 @@ class GenerationScheduler:
         if len(self._pending) >= self.max_queue:
             self.metrics.rejected.inc(model=self.model)
             raise OverloadedError(f"the {self.model} queue is full ({self.max_queue} requests waiting); retry later")
-        job = GenerationJob(tuple(sorted(set(erasures))), prompts, seeds, params)
+        job = GenerationJob(erasures, prompts, seeds, params)
         job.future = asyncio.get_running_loop().create_future()
         self._pending.append(job)
         self._wakeup.set()
@@ -124,8 +124,8 @@ class GenerationScheduler:
 
     def _execute(self, job: GenerationJob) -> Any:
         started = time.perf_counter()
-        with self.manager.use(job.erasures):
-            images = self.manager.handle.engine.generate(job.prompts, job.seeds, job.params, erasures=job.erasures)
+        with self.manager.use(job.erasures) as active:
+            images = active.engine.generate_active(job.prompts, job.seeds, job.params)
         self.metrics.generations.inc(model=self.model)
         self.metrics.generation_seconds.observe(time.perf_counter() - started, model=self.model)
         return images

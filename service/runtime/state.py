@@ -12,19 +12,19 @@ import logging
 import time
 
 from erasure_core.concepts import ConceptSpec
-from erasure_core.generation import GenerationParams
+from erasure_core.engines import GenerationParams
 from service.errors import NotReadyError
 from service.jobs.runner import JobRunner, create_runner
+from service.metrics import Metrics
+from service.pipelines import PipelinePool
 from service.runtime.adapter_manager import AdapterManager
 from service.runtime.erasure_service import ErasureService
 from service.runtime.image_service import ImageService
-from service.runtime.metrics import Metrics
-from service.runtime.pipelines import PipelinePool
-from service.runtime.registry import ErasureStore
 from service.runtime.scheduler import GenerationScheduler
 from service.runtime.tenancy import Tenancy
 from service.runtime.video_service import VideoService
 from service.settings import Settings
+from service.store import ErasureStore
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ class ServiceRuntime:
             params = GenerationParams(
                 steps=1, height=defaults.height, width=defaults.width, max_sequence_length=defaults.max_sequence_length
             )
-            with self.managers[name].use(()):
-                handle.engine.generate(["warm-up"], [0], params)
+            with self.managers[name].use(()) as active:
+                active.engine.generate_active(["warm-up"], [0], params)
             with handle.erase_lock:
                 handle.engine.erase(ConceptSpec(concept="warm-up"))
             logger.info("warmed up %s", name)

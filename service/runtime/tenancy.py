@@ -12,8 +12,8 @@ import hmac
 from dataclasses import dataclass
 
 from service.errors import ForbiddenError, UnauthorizedError
-from service.runtime.registry import ErasureRecord
 from service.settings import Settings
+from service.store import ErasureRecord
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from erasure_core.generation import to_png_bytes
-from service.api.schemas import VideoGenerationRequest
+from erasure_core.engines import VideoParams
+from erasure_core.media import to_gif_bytes, to_mp4_bytes, to_png_bytes, to_webp_bytes
 from service.errors import InvalidRequestError, ModelNotAvailableError
+from service.pipelines import ModelDefaults
 from service.runtime.generation import GenerationService
-from service.runtime.open_sora import VideoParams
-from service.runtime.pipelines import ModelDefaults
 from service.runtime.tenancy import Principal
+from service.schemas import VideoGenerationRequest
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +102,6 @@ class VideoService(GenerationService):
 
 def encode_clip(frames: torch.Tensor, response_format: str, fps: int) -> list[EncodedItem]:
     """Frames [F, 3, H, W] in [0, 1] as base64: one mp4 / webp / gif, or one PNG per frame (`frames`)."""
-    from erasure_core.video import to_gif_bytes, to_mp4_bytes, to_webp_bytes
-
     if response_format == "frames":
         return [EncodedItem(_b64(to_png_bytes(frame)), "png") for frame in frames]
     encoders: dict[str, Callable[..., bytes]] = {"mp4": to_mp4_bytes, "webp": to_webp_bytes, "gif": to_gif_bytes}

@@ -17,7 +17,7 @@ import torch
 import uvicorn
 
 from service.main import create_app
-from service.runtime.pipelines import PipelineHandle, PipelinePool, read_defaults
+from service.pipelines import PipelineHandle, PipelinePool, read_defaults
 from service.settings import Settings
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from erasure_core.cli import build_parser
+from service.cli import build_parser
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

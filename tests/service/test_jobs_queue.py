@@ -50,7 +50,7 @@ class Worker:
         self.log = data_dir / f"worker-{secrets.token_hex(3)}.log"
         self._log_handle = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "erasure_core.cli", "worker"],
+            [sys.executable, "-m", "service.cli", "worker"],
             cwd=ROOT,
             env=environment,
             stdout=self._log_handle,

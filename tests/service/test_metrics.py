@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.runtime.metrics import Counter, Gauge, Histogram, Metrics
+from service.metrics import Counter, Gauge, Histogram, Metrics
 
 
 def test_counter_gauge_histogram_text_format() -> None:

@@ -25,7 +25,7 @@ def serve(data_dir: Path, port: int) -> Iterator[str]:
     env = {**os.environ, "ERASURE_DATA_DIR": str(data_dir), "ERASURE_DEVICE": "cpu", "ERASURE_LOG_LEVEL": "warning"}
     env.pop("ERASURE_API_KEYS", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "erasure_core.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

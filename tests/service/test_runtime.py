@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from erasure_core.artifacts import ErasureArtifact, LowRankDelta
-from erasure_core.generation import GenerationParams
+from erasure_core.engines import GenerationParams
 from service.errors import CapacityError, ErasureNotReadyError
+from service.metrics import Metrics
+from service.pipelines import PipelineHandle, PipelinePool
 from service.runtime.adapter_manager import AdapterManager
-from service.runtime.metrics import Metrics
-from service.runtime.pipelines import PipelineHandle, PipelinePool
-from service.runtime.registry import ErasureRecord, ErasureStore, JobStatus, new_id
 from service.runtime.scheduler import GenerationJob, GenerationScheduler
+from service.store import ErasureRecord, ErasureStore, JobStatus, new_id
 
 from .conftest import LiveServer
 
@@ -52,11 +52,11 @@ def test_adapter_manager_state_machine(demo_pool: PipelinePool, tmp_path: Path) 
     with manager.use(()):
         base = _generate(handle)
 
-    with manager.use([a]) as swapped:
-        assert swapped and manager.active == (a,) and manager.resident == (a,)
+    with manager.use([a]) as active:
+        assert active.swapped and manager.active == (a,) and manager.resident == (a,)
         with_a = _generate(handle, (a,))
-    with manager.use([a]) as swapped:
-        assert not swapped
+    with manager.use([a]) as active:
+        assert not active.swapped
     assert (metrics.cache_misses.value(model="flux"), metrics.cache_hits.value(model="flux")) == (1, 1)
     with manager.use([b]):
         assert manager.resident == (a, b)
@@ -67,8 +67,12 @@ def test_adapter_manager_state_machine(demo_pool: PipelinePool, tmp_path: Path) 
     with pytest.raises(CapacityError), manager.use([a, b, c]):
         pass  # three never fit, whatever is evicted; nothing stays pinned afterwards
     assert all(entry.pins == 0 for entry in manager._entries.values())
+    with pytest.raises(CapacityError), manager.use([a, b]):
+        pass  # two fit, but not with the fused copy a set of two needs: that copy counts against the budget too
+    manager.budget_bytes = int(4.5 * size)
     with manager.use([a, b]):
         assert set(manager.resident) == {a, b}
+        assert manager.resident_bytes == 4 * size, "two erasures plus their fused copy"
         assert not torch.equal(_generate(handle, (a, b)), with_a)
     with manager.use([a]):
         assert torch.equal(_generate(handle, (a,)), with_a)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.runtime.pipelines import PipelinePool, read_defaults
+from service.pipelines import PipelinePool, read_defaults
 from service.settings import Settings, parse_size
 
 
@@ -55,3 +55,12 @@ def test_defaults_come_from_the_model(demo_pool: PipelinePool) -> None:
     assert handle.defaults.packing == handle.engine.pipe.vae_scale_factor * 2
     custom = read_defaults(handle.engine, Settings(flux_default_size="48x32", flux_max_sequence_length=12), "flux")
     assert (custom.width, custom.height, custom.max_sequence_length) == (48, 32, 12)
+
+
+def test_every_model_of_the_core_table_has_its_settings() -> None:
+    from erasure_core.models import MODEL_NAMES
+
+    settings = Settings()
+    for name in MODEL_NAMES:
+        overrides = settings.model_overrides(name)  # ERASURE_<NAME>_MODEL / _MAX_SEQUENCE_LENGTH / _DEFAULT_SIZE
+        assert overrides.source is None or isinstance(overrides.source, str)

@@ -17,7 +17,7 @@ import torch
 from erasure_core.artifacts import ErasureArtifact, LowRankDelta
 from erasure_core.errors import ArtifactError
 from service.errors import ErasureNotFoundError
-from service.runtime.registry import ErasureRecord, ErasureStore, JobStatus, is_valid_id, new_id
+from service.store import ErasureRecord, ErasureStore, JobStatus, is_valid_id, new_id
 
 
 def make_artifact(seed: int = 0, rank: int = 4) -> ErasureArtifact:
@@ -109,7 +109,7 @@ _WRITER = textwrap.dedent(
     """
     import sys, torch
     from erasure_core.artifacts import ErasureArtifact, LowRankDelta
-    from service.runtime.registry import ErasureRecord, ErasureStore, new_id
+    from service.store import ErasureRecord, ErasureStore, new_id
     store = ErasureStore(sys.argv[1])
     store.recover()
     print("started", flush=True)

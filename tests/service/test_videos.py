@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from erasure_core.worlds.video_world import VIDEO_WORLD_WEIGHTS, judge_clips
-from service.runtime.pipelines import PipelinePool
+from service.pipelines import PipelinePool
 from service.settings import Settings
 
 from .conftest import LiveServer, decode_png

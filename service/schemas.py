@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from erasure_core.concepts import MAX_LIST, MAX_PHRASE_CHARS, ConceptKind
-from service.runtime.registry import ErasureRecord, JobStatus
+from erasure_core.models import MODEL_NAMES, MODELS
+from service.store import ErasureRecord, JobStatus
 
-ModelName = Literal["flux", "open-sora"]
+# The accepted model names come from the core's model table, so adding a model there adds it to the API.
+if TYPE_CHECKING:
+    ModelName = str
+    VideoModelName = str
+else:
+    ModelName = Literal[MODEL_NAMES]
+    VideoModelName = Literal[tuple(name for name, spec in MODELS.items() if spec.output == "video")]
 ErasureStatus = Literal["queued", "running", "ready", "failed", "cancelled"]
 MAX_SEED = 2**63 - 1
 
@@ -153,7 +160,7 @@ class VideoGenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(description="Text prompt. Longer than the server's limit: 413 `payload_too_large`.")
-    model: Literal["open-sora"] = "open-sora"
+    model: VideoModelName = "open-sora"
     erasures: list[str] = Field(default_factory=list, description="Erasure ids to apply (policy may add more).")
     num_frames: int | None = Field(
         default=None,

@@ -1,7 +1,7 @@
-"""Generating and encoding short videos: `generate_video` over an `OpenSoraPipeline`, and mp4 / webp / gif encoders.
+"""Encoding what the engines generate: one image as PNG, clips as mp4 / webp / gif.
 
-Frames are float tensors [F, 3, H, W] in [0, 1] throughout. Animated WebP and GIF go through Pillow; MP4 (H.264,
-yuv420p) goes through PyAV (`av`), imported lazily so the rest works without it.
+Images are float tensors [3, H, W] and frames [F, 3, H, W], in [0, 1] throughout. PNG, animated WebP and GIF go
+through Pillow; MP4 (H.264, yuv420p) goes through PyAV (`av`), imported lazily so the rest works without it.
 """
 
 from __future__ import annotations
@@ -18,45 +18,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_FPS = 8
 
 
-def generate_video(
-    pipe: Any,
-    prompt: str,
-    seed: int = 0,
-    num_frames: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    steps: int | None = None,
-    fps: int | None = None,
-    guidance_scale: float | None = None,
-    negative_prompt: str = "",
-    **kwargs: Any,
-) -> torch.Tensor:
-    """Generates one clip and returns its frames [F, 3, H, W] in [0, 1] (float32, CPU).
+def to_png_bytes(image: torch.Tensor) -> bytes:
+    """Encodes one image [3, H, W] in [0, 1] as PNG."""
+    from PIL import Image
 
-    Unset arguments take the loaded model's defaults: `num_frames` = `pipe.native_num_frames`, (`height`, `width`) =
-    `pipe.native_size`; `steps` and `guidance_scale` are the pipeline's own defaults when None, and `fps` (the
-    " {fps} FPS." prompt suffix the model was trained with) is the pipeline's default. Extra keyword arguments go to
-    the pipeline call (e.g. `motion_score`, `text_oscillation`).
-    """
-    native_h, native_w = pipe.native_size
-    call: dict[str, Any] = {
-        "prompt": prompt,
-        "negative_prompt": negative_prompt,
-        "num_frames": num_frames or pipe.native_num_frames,
-        "height": height or native_h,
-        "width": width or native_w,
-        "generator": torch.Generator("cpu").manual_seed(seed),
-        "output_type": "pt",
-        **kwargs,
-    }
-    if steps is not None:
-        call["num_inference_steps"] = steps
-    if guidance_scale is not None:
-        call["guidance_scale"] = guidance_scale
-    if fps is not None:
-        call["fps"] = fps
-    frames = pipe(**call).frames
-    return frames[0].float().cpu().clamp(0, 1)
+    array = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _to_uint8(frames: torch.Tensor) -> np.ndarray:

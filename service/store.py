@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -38,7 +37,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from erasure_core.artifacts import ErasureArtifact, load_artifact, save_artifact
+from erasure_core.artifacts import ErasureArtifact, atomic_write_bytes, fsync_dir, load_artifact, save_artifact
 from erasure_core.errors import ArtifactError
 from service.errors import ErasureNotFoundError
 
@@ -113,29 +112,6 @@ def _file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Makes a rename in `folder` durable."""
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class ErasureStore:
@@ -314,7 +290,7 @@ class ErasureStore:
 
     def _persist(self, record: ErasureRecord) -> ErasureRecord:
         path = self.record_path(record.id)
-        _write_atomic(path, record.model_dump_json(indent=1).encode())
+        atomic_write_bytes(path, record.model_dump_json(indent=1).encode())
         self._remember(record, path)
         return record
 
@@ -389,7 +365,7 @@ class ErasureStore:
                 current = self._fresh_for_update(erasure_id, require_active)
                 final = self.artifact_path(erasure_id)
                 os.replace(staged, final)
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
                 return self._persist(
                     current.model_copy(
                         update={
