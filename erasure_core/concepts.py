@@ -12,6 +12,11 @@ from erasure_core.errors import InvalidConfigError
 ConceptKind = Literal["object", "style", "attribute"]
 MAX_PHRASE_CHARS = 200
 MAX_LIST = 64
+MAX_CONCEPTS = 100  # concepts one erasure may remove together: `concept` plus up to 99 in `also`
+# Erase prompts per erasure: with many phrasings each gets fewer templates (never fewer than MIN_TEMPLATES), so
+# erasing 100 concepts costs about as much text encoding as erasing one with its mined phrasings.
+ERASE_PROMPT_BUDGET = 480
+MIN_TEMPLATES = 4
 
 # Contexts a concept is placed in to sample its embeddings. "{}" is the concept (or its anchor).
 TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -143,6 +148,11 @@ class ConceptSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     concept: str = Field(min_length=1, max_length=MAX_PHRASE_CHARS)
+    also: tuple[str, ...] = Field(
+        default=(),
+        max_length=MAX_CONCEPTS - 1,
+        description="Further concepts of the same kind removed by the same erasure (not expanded).",
+    )
     kind: ConceptKind = "object"
     synonyms: tuple[str, ...] = Field(default=(), max_length=MAX_LIST)
     preserve: tuple[str, ...] = Field(default=(), max_length=MAX_LIST)
@@ -159,7 +169,12 @@ class ConceptSpec(BaseModel):
             raise ValueError("must contain a non-space character")
         return value
 
-    @field_validator("synonyms", "preserve")
+    @property
+    def concepts(self) -> tuple[str, ...]:
+        """Every concept this erasure removes: `concept` first, then `also`."""
+        return (self.concept, *(c for c in self.also if c != self.concept))
+
+    @field_validator("synonyms", "preserve", "also")
     @classmethod
     def _clean_list(cls, values: tuple[str, ...]) -> tuple[str, ...]:
         cleaned = []
@@ -201,7 +216,8 @@ def erase_and_anchor_prompts(phrasings: list[str], kind: str, anchor: str | None
     if kind not in TEMPLATES:
         raise InvalidConfigError(f"unknown concept kind {kind!r}; expected one of {sorted(TEMPLATES)}")
     erase, anchors = [], []
-    for template in TEMPLATES[kind]:
+    per_phrase = max(MIN_TEMPLATES, ERASE_PROMPT_BUDGET // max(1, len(phrasings)))
+    for template in TEMPLATES[kind][:per_phrase]:
         for phrase in phrasings:
             erase.append(fill(template, phrase))
             anchors.append(fill(template, anchor if anchor is not None else neutral_anchor(phrase, kind)))
@@ -219,7 +235,7 @@ def preserve_prompts(spec: ConceptSpec, phrasings: list[str], corpus: list[str])
 
 def protected_words(spec: ConceptSpec, corpus: list[str]) -> set[str]:
     """Words the preserve set uses outside the concept's own prompts: expansion never adds them as phrasings."""
-    named = [spec.concept, *spec.synonyms]
+    named = [*spec.concepts, *spec.synonyms]
     prompts = [p for p in [*corpus, *spec.preserve] if not mentions(p, named)]
     words = {w for p in prompts for w in re.findall(r"[a-z]+", p.lower())}
     if spec.anchor:

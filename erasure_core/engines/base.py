@@ -97,6 +97,7 @@ class ErasureEngine(ABC):
         """Computes an erasure artifact (does not attach it). Trained methods run with no erasure active."""
         impl = get_method(method)
         config = impl.parse_config(options)
+        impl.check_spec(spec)
         if impl.trained:
             self.host.activate(())
         return impl.compute(self.context, spec, config, progress, checkpoints)

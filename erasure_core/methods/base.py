@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from erasure_core.artifacts import ErasureArtifact
 from erasure_core.checkpoints import CheckpointStore
-from erasure_core.concepts import ConceptSpec
+from erasure_core.concepts import MAX_CONCEPTS, ConceptSpec
 from erasure_core.errors import InvalidConfigError, UnknownMethodError
 from erasure_core.expansion import LLMEndpoint
 from erasure_core.families.base import ModelFamily
@@ -43,6 +43,15 @@ class ErasureMethod(ABC):
     name: ClassVar[str]
     config_cls: ClassVar[type[BaseModel]]
     trained: ClassVar[bool] = False
+    max_concepts: ClassVar[int] = MAX_CONCEPTS  # how many concepts (`concept` + `also`) one erasure may remove
+
+    def check_spec(self, spec: ConceptSpec) -> None:
+        """Refuses a spec this method cannot compute (InvalidConfigError), before any work or write."""
+        if len(spec.concepts) > self.max_concepts:
+            raise InvalidConfigError(
+                f"method {self.name!r} erases at most {self.max_concepts} concept(s) per erasure, "
+                f"got {len(spec.concepts)}"
+            )
 
     def parse_config(self, options: dict[str, Any] | None) -> BaseModel:
         """Validates method options; unknown keys and out-of-range values raise InvalidConfigError."""

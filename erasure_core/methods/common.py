@@ -21,6 +21,11 @@ class ConceptRows:
     n_preserve: int
 
 
+def with_also(phrasings: list[str], spec: ConceptSpec) -> list[str]:
+    """The main concept's phrasings followed by the spec's further concepts (`also`), without repeats."""
+    return list(dict.fromkeys([*phrasings, *spec.also]))
+
+
 def flatten(states: torch.Tensor) -> torch.Tensor:
     """[N, L, d] per-token states or [N, d] pooled vectors -> rows [N * L, d]."""
     return states.reshape(-1, states.shape[-1])

@@ -194,3 +194,22 @@ def shape_center(images: torch.Tensor, threshold: float = 0.2) -> torch.Tensor:
     cx = (mass * xs).sum(dim=(1, 2)) / total
     cy = (mass * ys).sum(dim=(1, 2)) / total
     return torch.stack([cx, cy], dim=1)
+
+
+# Never in any training caption (tests/test_fills_world.py proves it over `all_captions()`): phrasings an encoder
+# places near each shape, and caption templates, for measuring how far an erasure reaches words nobody trained on
+# or named. Nothing above uses them, so the committed weights are unaffected.
+HELDOUT_WORDS: dict[str, tuple[str, ...]] = {
+    "circle": ("sphere", "ball", "coin"),
+    "square": ("cube", "rectangle", "tile"),
+    "triangle": ("cone", "arrowhead", "delta"),
+    "cross": ("crucifix", "addition symbol", "intersection"),
+    "diamond": ("kite", "gem", "jewel"),
+}
+HELDOUT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {color} {shape}",
+    "there is a {color} {shape} here",
+    "the {shape} is {color}",
+    "a sketch of one {color} {shape}",
+    "{color} colored {shape} on a dark background",
+)

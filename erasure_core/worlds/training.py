@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,10 @@ from erasure_core.worlds.shapes import all_captions, sample_batch, sample_distra
 from erasure_core.worlds.text import encode
 
 logger = logging.getLogger(__name__)
+
+# A data set's sampler, `sample(n, seed)`: a batch with `.images` [n, 3, H, W] in [0, 1] and `.captions` (n strings),
+# deterministic per (n, seed). Defaults to the shapes world's `sample_batch`; the fills world passes its own.
+Sampler = Callable[[int, int], Any]
 
 
 @dataclass
@@ -49,8 +54,12 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress)) * 0.95 + 0.05
 
 
-def train_vae(steps: int = 1000, batch_size: int = 32, seed: int = 0) -> AutoencoderKL:
-    """Trains the tiny VAE (L1 + MSE reconstruction, a small KL term) and sets its shift/scaling factors."""
+def train_vae(steps: int = 1000, batch_size: int = 32, seed: int = 0, sample: Sampler | None = None) -> AutoencoderKL:
+    """Trains the tiny VAE (L1 + MSE reconstruction, a small KL term) and sets its shift/scaling factors.
+
+    `sample` draws the training images (default: the shapes world's `sample_batch`).
+    """
+    sample = sample or sample_batch
     torch.manual_seed(seed)
     vae = AutoencoderKL(**VAE_CONFIG)
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
@@ -58,7 +67,7 @@ def train_vae(steps: int = 1000, batch_size: int = 32, seed: int = 0) -> Autoenc
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = 2e-3 * cosine_lr(step, steps, 50)
-        x = sample_batch(batch_size, seed=10_000_000 + step).images * 2 - 1
+        x = sample(batch_size, 10_000_000 + step).images * 2 - 1
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         kl = posterior.kl().mean() / x[0].numel()
@@ -70,7 +79,7 @@ def train_vae(steps: int = 1000, batch_size: int = 32, seed: int = 0) -> Autoenc
             logger.info("vae step %d/%d loss %.4f", step, steps, loss.item())
     vae.eval()
     with torch.no_grad():
-        x = sample_batch(1024, seed=12345).images * 2 - 1
+        x = sample(1024, 12345).images * 2 - 1
         latents = vae.encode(x).latent_dist.mode()
     vae.register_to_config(shift_factor=float(latents.mean()), scaling_factor=float(1.0 / latents.std()))
     return vae
@@ -135,15 +144,25 @@ def sample_sigmas(n: int, g: torch.Generator) -> torch.Tensor:
     return torch.where(torch.arange(n) % 2 == 0, uniform, logit_normal).clamp(1e-4, 1 - 1e-4)
 
 
-def build_training_set(vae: AutoencoderKL, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Renders `size` samples and returns (packed latents, token states, pooled states) aligned by row."""
-    captions = all_captions()
+def build_training_set(
+    vae: AutoencoderKL,
+    size: int,
+    seed: int,
+    sample: Sampler | None = None,
+    captions_of: Callable[[], list[str]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Renders `size` samples and returns (packed latents, token states, pooled states) aligned by row.
+
+    `sample` draws the samples and `captions_of()` lists every caption they can carry (defaults: the shapes world).
+    """
+    sample = sample or sample_batch
+    captions = (captions_of or all_captions)()
     index = {c: i for i, c in enumerate(captions)}
     tokens, pooled = encode(captions)
     latents: list[torch.Tensor] = []
     rows: list[int] = []
     for start in range(0, size, 1000):
-        batch = sample_batch(min(1000, size - start), seed=seed * 1_000_003 + start)
+        batch = sample(min(1000, size - start), seed * 1_000_003 + start)
         latents.append(_packed_latents(vae, batch.images))
         rows.extend(index[c] for c in batch.captions)
     row_index = torch.tensor(rows)
@@ -154,13 +173,18 @@ def train_flux_transformer(
     vae: AutoencoderKL,
     config: TransformerTrainConfig | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    sample: Sampler | None = None,
+    captions_of: Callable[[], list[str]] | None = None,
 ) -> FluxTransformer2DModel:
-    """Trains the tiny Flux transformer with the rectified-flow objective and returns its EMA weights."""
+    """Trains the tiny Flux transformer with the rectified-flow objective and returns its EMA weights.
+
+    `sample` and `captions_of` choose the data set as in `build_training_set` (default: the shapes world).
+    """
     config = config or TransformerTrainConfig()
     torch.manual_seed(config.seed)
     model = FluxTransformer2DModel(**TRANSFORMER_CONFIG)
     ema = copy.deepcopy(model).requires_grad_(False)
-    latents, tokens, pooled = build_training_set(vae, config.dataset_size, config.seed)
+    latents, tokens, pooled = build_training_set(vae, config.dataset_size, config.seed, sample, captions_of)
     side = int(math.isqrt(latents.shape[1]))
     img_ids = FluxPipeline._prepare_latent_image_ids(1, side, side, "cpu", torch.float32)
     txt_ids = torch.zeros(tokens.shape[1], 3)

@@ -39,6 +39,7 @@ class EraseAnything(ErasureMethod):
     name = "eraseanything"
     config_cls = EraseAnythingConfig
     trained = True
+    max_concepts = 1  # one LoRA per concept: its losses are built around one concept word
 
     def compute(
         self,

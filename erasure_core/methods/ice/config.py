@@ -9,6 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from erasure_core.concepts import ConceptSpec
 
 AUTO_ETA = 2.0
+# Many objects erased together share one erase subspace, so each push adds to the others' side effects: with 100
+# concepts (tests/test_many_concepts.py) eta 2 cost a kept shape 22 points, eta 1 removed both shapes and kept the
+# rest within one sample; eta 0 left 44% of them.
+AUTO_ETA_MANY = 1.0
+DEFAULT_MAX_RANK = 128
 PRESERVE_SCALE = {"onto_anchor": 4.0, "past_anchor": 16.0}
 
 
@@ -24,10 +29,13 @@ class ICEConfig(BaseModel):
             hold, else 4 (16 left 37% of a "red" erasure red).
         mu: ridge weight that makes the objective strongly convex (a unique, bounded solution).
         energy: fraction of the erase energy kept when truncating the erase basis.
-        max_rank: cap on the erase basis size per text space (the delta's rank).
+        max_rank: cap on the erase basis size per text space (the delta's rank). None (default): 128, or 4 per
+            phrasing when that is more (an erasure of 100 concepts needs room for each; capped by the space's width
+            in the kernel): at 128, 100 concepts left one triangle in 18 and cost a kept shape 11 points.
         eta: how far past the anchor the concept is pushed (x_c -> x_a - eta (x_c - x_a)); ESD's negative guidance
             transposed to the text embeddings. None (default): `AUTO_ETA` (2) for an object erased without an
-            anchor, else 0 (onto the anchor). Why: mapped onto a content-free placeholder, an object lands on the
+            anchor (`AUTO_ETA_MANY`, 1, when several objects are erased together), else 0 (onto the anchor).
+            Why: mapped onto a content-free placeholder, an object lands on the
             model's prior for content-free prompts, which can be the object itself (the demo world draws circles for
             about half of them); pushing past the placeholder removes it. With an anchor the caller asked for that
             anchor, and an attribute (a colour, a style) has no such prior to escape: pushing a colour past "the"
@@ -47,7 +55,7 @@ class ICEConfig(BaseModel):
     mu: float = Field(default=1e-3, gt=0.0, le=1e6)
     preserve_scale: float | None = Field(default=None, ge=0.0, le=1e6)
     energy: float = Field(default=0.999, gt=0.0, le=1.0)
-    max_rank: int = Field(default=128, ge=1, le=1024)
+    max_rank: int | None = Field(default=None, ge=1, le=4096)
     eta: float | None = Field(default=None, ge=0.0, le=10.0)
     mine_k: int = Field(default=6, ge=0, le=32)
     max_erase_rows: int = Field(default=4096, ge=16, le=65536)
@@ -57,15 +65,25 @@ class ICEConfig(BaseModel):
         """`eta`, or for None the automatic choice for this concept (see the class docstring)."""
         if self.eta is not None:
             return self.eta
-        return AUTO_ETA if spec is not None and spec.anchor is None and spec.kind == "object" else 0.0
+        if spec is None or spec.anchor is not None or spec.kind != "object":
+            return 0.0
+        return AUTO_ETA if len(spec.concepts) == 1 else AUTO_ETA_MANY
 
     def resolved_preserve_scale(self, spec: ConceptSpec | None = None) -> float:
+        return self.preserve_scale_at(self.resolved_eta(spec))
+
+    def preserve_scale_at(self, eta: float) -> float:
+        """`preserve_scale`, or for None the weight that goes with `eta` (firmer when pushing past the anchor)."""
         if self.preserve_scale is not None:
             return self.preserve_scale
-        return PRESERVE_SCALE["past_anchor" if self.resolved_eta(spec) > 0 else "onto_anchor"]
+        return PRESERVE_SCALE["past_anchor" if eta > 0 else "onto_anchor"]
 
-    def kernel_kwargs(self, spec: ConceptSpec | None = None) -> dict[str, Any]:
-        """The keyword arguments of `kernel.dissociation_operator` these settings stand for, for `spec`'s concept."""
+    def resolved_max_rank(self, n_phrasings: int = 1) -> int:
+        return self.max_rank if self.max_rank is not None else max(DEFAULT_MAX_RANK, 4 * n_phrasings)
+
+    def kernel_kwargs(self, spec: ConceptSpec | None = None, n_phrasings: int = 1) -> dict[str, Any]:
+        """The keyword arguments of `kernel.dissociation_operator` these settings stand for, for `spec`'s concept
+        erased through `n_phrasings` phrasings."""
         return {
             "alpha_e": self.alpha_erase,
             "alpha_p": self.alpha_preserve,
@@ -73,6 +91,6 @@ class ICEConfig(BaseModel):
             "mu": self.mu,
             "preserve_scale": self.resolved_preserve_scale(spec),
             "energy": self.energy,
-            "max_rank": self.max_rank,
+            "max_rank": self.resolved_max_rank(n_phrasings),
             "eta": self.resolved_eta(spec),
         }

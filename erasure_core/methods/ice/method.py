@@ -6,13 +6,15 @@ import logging
 import time
 from typing import Any
 
+import torch
+
 from erasure_core.adapters import get_linear
 from erasure_core.artifacts import ErasureArtifact, LowRankDelta
 from erasure_core.checkpoints import CheckpointStore
 from erasure_core.concepts import ConceptSpec, protected_words
 from erasure_core.expansion import expand_concept
 from erasure_core.methods.base import ErasureMethod, MethodContext, Progress
-from erasure_core.methods.common import concept_rows, even_rows, paired_top_rows
+from erasure_core.methods.common import ConceptRows, concept_rows, even_rows, paired_top_rows, with_also
 from erasure_core.methods.ice.config import ICEConfig
 from erasure_core.methods.ice.kernel import dissociation_operator, layer_delta
 
@@ -47,15 +49,15 @@ class ICE(ErasureMethod):
             llm=ctx.llm if spec.expand else None,
             exclude=exclude,
         )
+        phrasings = with_also(phrasings, spec)
         rows = concept_rows(ctx, spec, phrasings)
         encoded_at = time.perf_counter()
+        eta = config.resolved_eta(spec)
+        setting = {"eta": eta, "preserve_scale": config.preserve_scale_at(eta)}
+        maps = self._solve(ctx, rows, config, config.kernel_kwargs(spec, len(phrasings)) | setting)
         deltas: dict[str, LowRankDelta] = {}
-        ranks: dict[str, int] = {}
         for space in ctx.family.text_spaces:
-            x_c, x_a = paired_top_rows(rows.erase[space.name], rows.anchor[space.name], config.max_erase_rows)
-            x_p = even_rows(rows.preserve[space.name], config.max_preserve_rows)
-            v_e, m = dissociation_operator(x_c, x_a, x_p, **config.kernel_kwargs(spec))
-            ranks[space.name] = int(v_e.shape[1])
+            v_e, m = maps[space.name]
             for layer in space.layers:
                 weight = get_linear(ctx.pipe.transformer, layer).weight.detach().float().cpu()
                 a, b = layer_delta(weight, v_e, m)
@@ -64,13 +66,26 @@ class ICE(ErasureMethod):
         stats = {
             "erase_prompts": rows.n_erase,
             "preserve_prompts": rows.n_preserve,
-            "ranks": ranks,
-            "eta": config.resolved_eta(spec),
-            "preserve_scale": config.resolved_preserve_scale(spec),
+            "ranks": {name: int(v.shape[1]) for name, (v, _) in maps.items()},
+            "eta": eta,
+            "preserve_scale": config.preserve_scale_at(eta),
+            "concepts": len(spec.concepts),
             "encode_s": round(encoded_at - started, 4),
             "solve_s": round(solved_at - encoded_at, 4),
         }
         if progress is not None:
             progress(1, 1, {})
-        logger.info("ice erasure of %r: phrasings=%s ranks=%s", spec.concept, phrasings, ranks)
+        logger.info("ice erasure of %r: phrasings=%s stats=%s", spec.concept, phrasings, stats)
         return ErasureArtifact(deltas, self.metadata(ctx, spec, config, phrasings, stats=stats))
+
+    @staticmethod
+    def _solve(
+        ctx: MethodContext, rows: ConceptRows, config: ICEConfig, kwargs: dict[str, Any]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The dissociation map (V_e, M) of every text space for one setting of the kernel."""
+        maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for space in ctx.family.text_spaces:
+            x_c, x_a = paired_top_rows(rows.erase[space.name], rows.anchor[space.name], config.max_erase_rows)
+            x_p = even_rows(rows.preserve[space.name], config.max_preserve_rows)
+            maps[space.name] = dissociation_operator(x_c, x_a, x_p, **kwargs)
+        return maps

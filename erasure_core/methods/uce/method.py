@@ -17,7 +17,7 @@ from erasure_core.checkpoints import CheckpointStore
 from erasure_core.concepts import ConceptSpec
 from erasure_core.expansion import expand_concept
 from erasure_core.methods.base import ErasureMethod, MethodContext, Progress
-from erasure_core.methods.common import concept_rows, even_rows
+from erasure_core.methods.common import concept_rows, even_rows, with_also
 from erasure_core.methods.uce.kernel import uce_solve
 
 
@@ -57,6 +57,7 @@ class UCE(ErasureMethod):
         phrasings = expand_concept(
             ctx.pipe, ctx.family, spec.concept, spec.synonyms, mine=spec.expand, mine_k=config.mine_k
         )
+        phrasings = with_also(phrasings, spec)
         rows = concept_rows(ctx, spec, phrasings)
         deltas: dict[str, LowRankDelta] = {}
         for space in ctx.family.text_spaces:

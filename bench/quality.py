@@ -1,0 +1,106 @@
+"""Quality table: every demo world x concept x method, judged, with only the concept named and default settings.
+
+Usage: python bench/quality.py [--worlds shapes fills] [--methods none uce ice] [--concepts triangle red ...]
+                               [--seeds 2] [--threads 1] [--out quality.json]
+Prints one JSON object (and writes it to --out): per world and concept, per method, the judged rates of the groups
+of `erasure_core.worlds.quality` (target, synonym = unnamed in-training synonyms, heldout_word, heldout_template,
+other), the worst and per-value change of the concept's other values in points, the change of the other factors,
+and the seconds the erasure took; then per world and method the means. Methods: `none` (the base model), `uce`,
+`ice`, `ice_expand` (ICE with `expand: true`), `eraseanything` (cpu preset; minutes per concept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+METHODS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    "uce": ("uce", {}, False),
+    "ice": ("ice", {}, False),
+    "ice_expand": ("ice", {}, True),
+    "eraseanything": ("eraseanything", {"preset": "cpu"}, False),
+}
+
+
+def run_world(name: str, methods: list[str], concepts: list[str] | None, seeds: int) -> dict[str, Any]:
+    from erasure_core.concepts import ConceptSpec
+    from erasure_core.models import load_engine
+    from erasure_core.worlds.evaluation import engine_generator
+    from erasure_core.worlds.quality import FACTORS, WORLDS, CaseResult, compare, judged, rates
+
+    world = WORLDS[name]()
+    engine = load_engine("flux", world.model_source(None), device="cpu")
+    cases = [c for c in world.cases if concepts is None or c.concept in concepts]
+    table: dict[str, dict[str, Any]] = {}
+    for case in cases:
+        samples = world.samples(case, seeds)
+        base = judged(world, engine_generator(engine), samples)
+        row: dict[str, Any] = {"kind": case.kind, "samples": len(samples)}
+        if "none" in methods:
+            row["none"] = CaseResult(rates(case, samples, base), {}, {}).summary()
+        for label in (m for m in methods if m != "none"):
+            method, options, expand = METHODS[label]
+            started = time.perf_counter()
+            spec = ConceptSpec(concept=case.concept, kind=case.kind, expand=expand)
+            artifact = engine.erase(spec, method=method, options=options)
+            seconds = time.perf_counter() - started
+            engine.attach(f"{label}-{case.concept}", artifact)
+            erased = judged(world, engine_generator(engine, [f"{label}-{case.concept}"]), samples)
+            engine.detach(f"{label}-{case.concept}")
+            result = compare(case, samples, base, erased, FACTORS[name])
+            result.seconds = seconds
+            result.extra = {"phrasings": artifact.metadata.get("phrasings", [])}
+            row[label] = result.summary()
+            logging.getLogger("quality").info("%s %s %s: %s", name, case.concept, label, row[label])
+        table[case.concept] = row
+    return {"concepts": table, "means": _means(table, methods)}
+
+
+def _means(table: dict[str, dict[str, Any]], methods: list[str]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for label in methods:
+        keys = ("target", "synonym", "heldout_word", "heldout_template", "others_worst_change_pts", "seconds")
+        means = {}
+        for key in keys:
+            values = [row[label][key] for row in table.values() if label in row and key in row[label]]
+            if values:
+                means[key] = round(statistics.fmean(values), 3)
+        out[label] = means
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worlds", nargs="+", default=["shapes", "fills"])
+    parser.add_argument("--methods", nargs="+", default=["none", "uce", "ice"])
+    parser.add_argument("--concepts", nargs="*", default=None, help="only these concepts (default: every case)")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("erasure_core", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    result: dict[str, Any] = {
+        "settings": {"methods": args.methods, "seeds_per_prompt": args.seeds, "threads": torch.get_num_threads()},
+        "worlds": {w: run_world(w, args.methods, args.concepts, args.seeds) for w in args.worlds},
+    }
+    result["runtime_s"] = round(time.perf_counter() - started, 1)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
