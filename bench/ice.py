@@ -1,6 +1,6 @@
 """ICE benchmark: (a) seconds per edit at real Flux dimensions; (b) the demo-world table ICE vs UCE vs none.
 
-Usage: python bench/ice.py [--skip-table] [--shapes triangle cross] [--seeds 2] [--eta 2 4]
+Usage: python bench/ice.py [--skip-table] [--shapes triangle cross] [--seeds 2] [--eta 2 4] [--many 100]
 Prints one JSON object. (a) times the closed-form solve and the low-rank deltas for Flux's two text layers
 (context_embedder 4096 -> 3072, text_embedder.linear_1 768 -> 3072) from 1,000 erase and 10,000 preserve token
 embeddings with random weights, excluding text encoding; target <= 1 s on this machine. (b) erases each shape with
@@ -107,15 +107,38 @@ def demo_table(shapes: list[str], seeds: int, etas: list[float]) -> dict[str, ob
     return {"shapes": shapes, "seeds_per_prompt": seeds, "mean": rows, "per_shape": per_shape}
 
 
+def many_concepts(count: int = 100) -> dict[str, object]:
+    """Seconds for one ICE erasure of `count` concepts on the demo world (2 shapes + vocabulary words), warm."""
+    import random
+
+    from erasure_core.concepts import ConceptSpec
+    from erasure_core.models import load_engine
+
+    engine = load_engine("flux", device="cpu")
+    vocab = sorted(w for w in engine.pipe.tokenizer_2.get_vocab() if w.isalpha() and len(w) > 4)
+    random.Random(0).shuffle(vocab)
+    concepts = ["triangle", "square", *[w for w in vocab if w not in ("triangle", "square")][: count - 2]]
+    engine.erase(ConceptSpec(concept="warm-up"))  # encodes the preserve corpus once, as a served model has
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        artifact = engine.erase(ConceptSpec(concept=concepts[0], also=tuple(concepts[1:])))
+        times.append(time.perf_counter() - start)
+    return {"concepts": count, "median_s": round(statistics.median(times), 2), "stats": artifact.metadata["stats"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-table", action="store_true")
     parser.add_argument("--shapes", nargs="+", default=["circle", "square", "triangle", "cross", "diamond"])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--eta", type=float, nargs="*", default=[], help="extra ICE rows with these eta values")
+    parser.add_argument("--many", type=int, default=0, help="also time one erasure of this many concepts (100)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     result: dict[str, object] = {"real_dims_edit": time_real_dims()}
+    if args.many:
+        result["many_concepts"] = many_concepts(args.many)
     if not args.skip_table:
         result["demo_table"] = demo_table(args.shapes, args.seeds, args.eta)
     print(json.dumps(result, indent=2))

@@ -30,9 +30,10 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 
 def _load(args: argparse.Namespace) -> Any:
+    from erasure_core.expansion import LLMEndpoint
     from erasure_core.models import load_engine
 
-    return load_engine("flux", args.model, device=args.device, dtype=args.dtype)
+    return load_engine("flux", args.model, device=args.device, dtype=args.dtype, llm=LLMEndpoint.from_env())
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:

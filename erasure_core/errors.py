@@ -49,3 +49,10 @@ class ExpansionError(ErasureError):
     """Concept expansion through an external LLM endpoint failed."""
 
     code = "expansion_failed"
+
+
+class InvalidLoraError(ArtifactError):
+    """A LoRA given for import is not safetensors, names a module the base model lacks, or has a bad shape or
+    value (the message names the offending key)."""
+
+    code = "invalid_lora"

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,22 @@ class LLMEndpoint:
     api_key: str | None = None
     timeout_s: float = 20.0
     max_items: int = 8
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> LLMEndpoint | None:
+        """The operator's endpoint from `ERASURE_LLM_URL` / `_MODEL` / `_API_KEY` / `_TIMEOUT_S` (the variables the
+        service's settings read), or None when no URL is set. For the command line."""
+        url = env.get("ERASURE_LLM_URL", "").strip()
+        if not url:
+            return None
+        if not url.startswith(("http://", "https://")):
+            raise ExpansionError(f"ERASURE_LLM_URL must be an http(s) URL, got {url!r}")
+        return cls(
+            url=url,
+            model=env.get("ERASURE_LLM_MODEL") or cls.model,
+            api_key=env.get("ERASURE_LLM_API_KEY") or None,
+            timeout_s=float(env.get("ERASURE_LLM_TIMEOUT_S") or cls.timeout_s),
+        )
 
 
 def _vocab_words(tokenizer: Any) -> tuple[list[str], list[int]]:
@@ -77,8 +95,15 @@ def _encoder_scores(pipe: Any, family: Any, concept: str, words: list[str]) -> t
     return score / len(encoded)
 
 
+# Everyday words that stand for "anything else": the probe's centre when it checks a few candidates, whose own mean
+# would otherwise be the centre (a list of true synonyms would then score each other down).
+REFERENCE_WORDS = ("dog", "car", "house", "tree", "person", "cup", "chair", "bird", "boat", "flower", "book", "shoe")
+
+
 @torch.no_grad()
-def _probe_scores(pipe: Any, family: Any, concept: str, words: list[str], batch: int = 128) -> torch.Tensor:
+def _probe_scores(
+    pipe: Any, family: Any, concept: str, words: list[str], batch: int = 128, reference: tuple[str, ...] = ()
+) -> torch.Tensor:
     """How much each word moves the generator the way the concept does.
 
     At fixed noisy latents, the velocity for "a {word}" minus the velocity for a neutral prompt is compared
@@ -88,7 +113,7 @@ def _probe_scores(pipe: Any, family: Any, concept: str, words: list[str], batch:
     """
     ops = family.training
     generator = torch.Generator().manual_seed(0)
-    prompts = [f"a {w}" for w in [concept, "thing", *words]]
+    prompts = [f"a {w}" for w in [concept, "thing", *words, *reference]]
     sigmas = (0.9, 0.6)
     latents = ops.noise(pipe, len(sigmas), generator)
     deltas = []
@@ -102,9 +127,11 @@ def _probe_scores(pipe: Any, family: Any, concept: str, words: list[str], batch:
             per_sigma.append(ops.velocity(pipe, x, s, cond).flatten(1).float().cpu())
         deltas.append(torch.cat(per_sigma, dim=1))
     v = torch.cat(deltas)
-    # Centre on the candidates' mean response: any noun moves the model away from "a thing" in a shared way.
-    centre = v[2:].mean(0, keepdim=True)
-    return F.cosine_similarity(v[2:] - centre, v[:1] - centre)
+    # Centre on the candidates' (or the reference words') mean response: any noun moves the model away from
+    # "a thing" in a shared way.
+    candidates = v[2 : 2 + len(words)]
+    centre = (v[2 + len(words) :] if reference else candidates).mean(0, keepdim=True)
+    return F.cosine_similarity(candidates - centre, v[:1] - centre)
 
 
 def mine_neighbours(
@@ -169,6 +196,18 @@ def llm_phrasings(endpoint: LLMEndpoint, concept: str) -> list[str]:
     return [p for p in phrases if 0 < len(p) <= 200][: endpoint.max_items]
 
 
+def verify_phrasings(pipe: Any, family: Any, concept: str, candidates: list[str], min_score: float = 0.7) -> list[str]:
+    """The candidates the model itself draws like the concept: velocity-probe score against `REFERENCE_WORDS`.
+
+    Measured on the shapes demo world for "diamond": "rhombus" 0.89 and "lozenge" 0.87 (both draw diamonds there),
+    "gem" 0.27, "dog" -0.78. A family without training ops cannot be probed: its candidates are returned as they are.
+    """
+    if not candidates or family.training is None:
+        return list(candidates)
+    scores = _probe_scores(pipe, family, concept, candidates, reference=REFERENCE_WORDS)
+    return [c for c, score in zip(candidates, scores.tolist(), strict=True) if score >= min_score]
+
+
 def expand_concept(
     pipe: Any,
     family: Any,
@@ -178,13 +217,19 @@ def expand_concept(
     mine_k: int = 6,
     llm: LLMEndpoint | None = None,
     exclude: set[str] | None = None,
+    verify: bool = True,
 ) -> list[str]:
-    """All phrasings to erase: the concept, the caller's synonyms, then mined and LLM phrasings (deduplicated)."""
+    """All phrasings to erase: the concept, the caller's synonyms, then mined and LLM phrasings (deduplicated).
+
+    LLM phrasings are kept only when the model draws them like the concept (`verify_phrasings`), unless `verify`
+    is off: an LLM names what people mean by a word, the model decides what it draws for it.
+    """
     phrasings = [concept, *synonyms]
     if mine:
         phrasings += mine_neighbours(pipe, family, concept, k=mine_k, exclude=exclude)
     if llm is not None:
-        phrasings += llm_phrasings(llm, concept)
+        suggested = llm_phrasings(llm, concept)
+        phrasings += verify_phrasings(pipe, family, concept, suggested) if verify else suggested
     seen: dict[str, None] = {}
     for phrase in phrasings:
         seen.setdefault(" ".join(phrase.split()).lower(), None)

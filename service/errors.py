@@ -34,6 +34,12 @@ class ErasureNotReadyError(ServiceError):
     code = "erasure_not_ready"
 
 
+class ErasureInPolicyError(ServiceError):
+    """The erasure cannot be deleted: the operator's mandatory policy names it."""
+
+    code = "erasure_in_policy"
+
+
 class ModelNotAvailableError(ServiceError):
     """The request names a model this deployment does not serve."""
 

@@ -19,7 +19,7 @@ DEFAULT_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 
 def render() -> str:
     """The app's OpenAPI spec as YAML (the spec does not depend on the settings' values)."""
-    app = create_app(Settings())
+    app = create_app(Settings(auth="off", api_keys={}, api_keys_file=None, mandatory_erasures={}))
     return yaml.safe_dump(app.openapi(), sort_keys=False, allow_unicode=True)
 
 

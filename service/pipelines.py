@@ -95,6 +95,7 @@ class PipelinePool:
                 dtype=settings.dtype,
                 allow_downloads=settings.allow_downloads,
                 cache_dir=settings.cache_dir,
+                llm=settings.llm_endpoint(),
             )
             handles[model] = PipelineHandle(model, engine, read_defaults(engine, settings, model))
             logger.info("loaded %s: %s", model, handles[model].defaults)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from erasure_core.concepts import MAX_LIST, MAX_PHRASE_CHARS, ConceptKind
+from erasure_core.concepts import MAX_CONCEPTS, MAX_LIST, MAX_PHRASE_CHARS, ConceptKind
 from erasure_core.models import MODEL_NAMES, MODELS
 from service.store import ErasureRecord, JobStatus
 
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 else:
     ModelName = Literal[MODEL_NAMES]
     VideoModelName = Literal[tuple(name for name, spec in MODELS.items() if spec.output == "video")]
+# Options kept in the record (the job reads them) but not shown to callers: an imported LoRA's bytes (described by
+# `metadata.params`: format, sha256, modules, rank) and the operator's import folder.
+HIDDEN_OPTIONS = frozenset({"lora_b64", "import_dir"})
 ErasureStatus = Literal["queued", "running", "ready", "failed", "cancelled"]
 MAX_SEED = 2**63 - 1
 
@@ -27,14 +31,44 @@ class ErasureCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     concept: str = Field(min_length=1, max_length=MAX_PHRASE_CHARS, description="The concept to erase.")
+    also: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_CONCEPTS - 1,
+        description="Further concepts of the same kind removed by the same erasure (closed-form methods; "
+        f"{MAX_CONCEPTS} in all).",
+    )
     model: ModelName = "flux"
-    method: str = Field(default="ice", min_length=1, max_length=64, description="Erasure method (`ice`).")
+    method: str = Field(
+        default="ice",
+        min_length=1,
+        max_length=64,
+        description="Erasure method: `ice`, `uce`, `eraseanything`, or `import` (an existing Flux LoRA given as "
+        "`options.lora_b64` or `options.path` in the operator's ERASURE_IMPORT_DIR).",
+    )
     kind: ConceptKind = "object"
     anchor: str | None = Field(default=None, max_length=MAX_PHRASE_CHARS, description="What the concept becomes.")
     synonyms: list[str] = Field(default_factory=list, max_length=MAX_LIST)
     expand: bool = Field(default=False, description="Mine more phrasings of the concept from the text encoder.")
     preserve: list[str] = Field(default_factory=list, max_length=MAX_LIST, description="Concepts that must not change.")
     options: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters, validated per method.")
+
+    @field_validator("options")
+    @classmethod
+    def _finite_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """No method takes NaN or infinity (JSON `NaN` / `Infinity`, which Python's parser accepts)."""
+        if not _finite(options):
+            raise ValueError("options must not contain NaN or Infinity")
+        return options
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_finite(v) for v in value)
+    return True
 
 
 class ErrorBody(BaseModel):
@@ -98,7 +132,7 @@ class ErasurePublic(BaseModel):
                 "resumed_from_step": record.resumed_from_step,
                 "scope": "operator" if record.tenant == operator_tenant else "tenant",
                 "concept": record.spec,
-                "options": record.options,
+                "options": {k: v for k, v in record.options.items() if k not in HIDDEN_OPTIONS},
                 "created_at": record.created_at,
                 "started_at": record.started_at,
                 "finished_at": record.finished_at,

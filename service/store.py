@@ -11,7 +11,10 @@ Write order is artifact first, then the record naming the artifact's sha256, eac
 at any point therefore leaves either no record, a record that is not yet `succeeded`, or a `succeeded` record whose
 artifact is complete. Recovery at startup drops leftover tmp files and artifacts no `succeeded` record owns, marks
 records whose job was interrupted as failed, and marks any record whose artifact is missing or does not match its
-hash as failed (removing the file), so a damaged erasure is never served.
+hash as failed (removing the file), so a damaged erasure is never served. It deletes only what it understands: our
+staging tmp files, records that are not valid JSON or not a valid record, and what they leave behind. A record or
+artifact it cannot read (permissions, an I/O error, a directory in its place) is logged and left alone with
+everything of its erasure, for an operator to fix.
 
 Several processes may share one store (the API and its job workers). Every read checks the record file's identity
 (inode, mtime, size: each write is a rename, so a new inode) and re-reads it when another process replaced it;
@@ -44,7 +47,7 @@ from service.errors import ErasureNotFoundError
 logger = logging.getLogger(__name__)
 
 ID_PREFIX = "er_"
-_ID = re.compile(r"^er_[0-9a-f]{24}$")
+_ID = re.compile(r"er_[0-9a-f]{24}")
 # In a shared store a tmp file younger than this may be another process's write in flight: recovery leaves it.
 _SHARED_TMP_GRACE_S = 3600.0
 
@@ -103,7 +106,7 @@ def new_id() -> str:
 
 
 def is_valid_id(erasure_id: str) -> bool:
-    return bool(_ID.match(erasure_id))
+    return _ID.fullmatch(erasure_id) is not None
 
 
 def _file_sha256(path: Path) -> str:
@@ -179,29 +182,46 @@ class ErasureStore:
                 an artifact without a `succeeded` record is always a leftover.
         """
         self.ensure_dirs()
-        counts = {"records": 0, "tmp_removed": 0, "orphans_removed": 0, "marked_failed": 0, "checkpoints_removed": 0}
+        counts = {
+            "records": 0,
+            "tmp_removed": 0,
+            "orphans_removed": 0,
+            "marked_failed": 0,
+            "checkpoints_removed": 0,
+            "unreadable_skipped": 0,
+        }
         with self._exclusive():
             counts["tmp_removed"] = self._remove_tmp_files(shared)
             self._records.clear()
             self._stamps.clear()
+            unreadable: set[str] = set()  # erasures whose files we could not read: nothing of theirs is touched
             for path in sorted(self.records_dir.glob("er_*.json")):
-                record = self._read_record(path, drop_unreadable=True)
+                record = self._read_record(path, drop_invalid=True, unreadable=unreadable)
                 if record is not None:
                     self._remember(record, path)
             counts["records"] = len(self._records)
             for record in list(self._records.values()):
-                if self._repair(record, interrupt_unfinished):
-                    counts["marked_failed"] += 1
+                try:
+                    if self._repair(record, interrupt_unfinished):
+                        counts["marked_failed"] += 1
+                except OSError as e:
+                    logger.error("erasure %s: cannot check its artifact (%s); left as it is", record.id, e)
+                    unreadable.add(record.id)
             for path in self.artifacts_dir.glob("er_*.erasure"):
                 owner = self._records.get(path.stem)
+                if path.stem in unreadable:
+                    continue
                 if owner is None or owner.status != JobStatus.succeeded:  # an orphan, or written just before a crash
                     path.unlink(missing_ok=True)
                     counts["orphans_removed"] += 1
             for path in self.checkpoints_dir.glob("er_*.ckpt"):
                 owner = self._records.get(path.stem)
+                if path.stem in unreadable:
+                    continue
                 if owner is None or owner.status.terminal:
                     path.unlink(missing_ok=True)
                     counts["checkpoints_removed"] += 1
+            counts["unreadable_skipped"] = len(unreadable)
         logger.info("erasure store at %s: %s", self.root, counts)
         return counts
 
@@ -220,19 +240,31 @@ class ErasureStore:
                     pass
         return removed
 
-    def _read_record(self, path: Path, drop_unreadable: bool = False) -> ErasureRecord | None:
+    def _read_record(
+        self, path: Path, drop_invalid: bool = False, unreadable: set[str] | None = None
+    ) -> ErasureRecord | None:
+        """The record in `path`, or None. With `drop_invalid` (recovery), a file that is read but is not a valid
+        record is removed. A file that cannot be read at all (any OSError but its absence) is never removed: it is
+        logged, left in place, and its id added to `unreadable`."""
         try:
-            record = ErasureRecord.model_validate_json(path.read_bytes())
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, ValidationError) as e:
-            logger.error("unreadable erasure record %s: %s", path, e)
-            if drop_unreadable:
+        except OSError as e:
+            logger.error("cannot read erasure record %s (%s); left in place and skipped", path, e)
+            if unreadable is not None:
+                unreadable.add(path.stem)
+            return None
+        try:
+            record = ErasureRecord.model_validate_json(data)
+        except ValidationError as e:
+            logger.error("invalid erasure record %s: %s", path, e)
+            if drop_invalid:
                 path.unlink(missing_ok=True)
             return None
         if record.id != path.stem or not is_valid_id(record.id):
             logger.error("erasure record %s: its id %r does not match the file name", path, record.id)
-            if drop_unreadable:
+            if drop_invalid:
                 path.unlink(missing_ok=True)
             return None
         return record

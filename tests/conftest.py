@@ -36,3 +36,13 @@ def judge():
     from erasure_core.worlds.judge import load_judge
 
     return load_judge()
+
+
+@pytest.fixture()
+def chat_server():
+    """A local OpenAI-compatible chat endpoint (tests/chat_server.py); yields its base URL."""
+    from tests.chat_server import serve_chat
+
+    server, url = serve_chat()
+    yield url
+    server.shutdown()

@@ -9,9 +9,6 @@ synonyms the request did not name in <= 15%, every other shape's accuracy drops 
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -28,6 +25,7 @@ from erasure_core.worlds.evaluation import (
     judge_samples,
 )
 from erasure_core.worlds.shapes import COLOR_NAMES, SHAPES, SYNONYMS
+from tests.chat_server import ChatHandler
 
 TARGETS = ("triangle", "square")
 NAMED = {"triangle": ("pyramid",), "square": ("box",)}
@@ -169,38 +167,24 @@ def test_mined_neighbours_come_from_the_encoder(demo_engine) -> None:
     assert all(p.isalpha() for p in phrasings[2:])
 
 
-class _ChatHandler(BaseHTTPRequestHandler):
-    requests: list[dict] = []
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server API)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _ChatHandler.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
-        content = 'Sure: ["orb", "round disc", "ring"]'
-        payload = {"choices": [{"message": {"role": "assistant", "content": content}}]}
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture()
-def chat_server() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _ChatHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
-
-
 def test_llm_expansion_speaks_openai_chat(demo_engine, chat_server: str) -> None:
     endpoint = LLMEndpoint(url=chat_server, model="local-model", api_key="k")
     phrasings = expand_concept(demo_engine.pipe, demo_engine.family, "circle", (), llm=endpoint)
     assert phrasings == ["circle", "orb", "round disc", "ring"]
-    request = _ChatHandler.requests[-1]
+    request = ChatHandler.requests[-1]
     assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer k"
     assert request["body"]["model"] == "local-model"
+
+
+def test_llm_phrasings_are_kept_only_when_the_model_draws_them(demo_engine, chat_server: str) -> None:
+    """The LLM suggests; the model decides: suggestions that do not draw a diamond here are dropped, and the
+    verified ones (the world's own unnamed synonyms) are erased with the concept."""
+    ChatHandler.answer = '["rhombus", "lozenge", "dog", "banana"]'
+    try:
+        endpoint = LLMEndpoint(url=chat_server, model="local-model")
+        phrasings = expand_concept(demo_engine.pipe, demo_engine.family, "diamond", (), llm=endpoint)
+        assert phrasings == ["diamond", "rhombus", "lozenge"]
+        unverified = expand_concept(demo_engine.pipe, demo_engine.family, "diamond", (), llm=endpoint, verify=False)
+        assert unverified == ["diamond", "rhombus", "lozenge", "dog", "banana"]
+    finally:
+        ChatHandler.answer = '["orb", "round disc", "ring"]'

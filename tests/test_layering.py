@@ -30,6 +30,7 @@ LAYERS: dict[str, tuple[tuple[str, ...], ...]] = {
             "erasure_core.expansion",
             "erasure_core.artifacts",
             "erasure_core.checkpoints",
+            "erasure_core.lora_import",
             "erasure_core.media",
         ),
         ("erasure_core.errors", "erasure_core.version", "erasure_core"),

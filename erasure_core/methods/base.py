@@ -3,7 +3,8 @@
 A method implements:
   - `config_cls`: a pydantic model of its hyperparameters (validated early; saved with the artifact);
   - `trained`: False for closed-form methods (computed inline), True for methods that run as queued jobs;
-  - `compute(ctx, spec, config, progress)`: returns an `ErasureArtifact`.
+  - `compute(ctx, spec, config, progress)`: returns an `ErasureArtifact`;
+  - optionally `check_config(ctx, config)`: refuses what the config points at (a file to import) before any write.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class ErasureMethod(ABC):
                 f"method {self.name!r} erases at most {self.max_concepts} concept(s) per erasure, "
                 f"got {len(spec.concepts)}"
             )
+
+    def check_config(self, ctx: MethodContext, config: BaseModel) -> None:
+        """Refuses inputs the config points at (e.g. an imported file) before any write; by default nothing to do."""
+        return None
 
     def parse_config(self, options: dict[str, Any] | None) -> BaseModel:
         """Validates method options; unknown keys and out-of-range values raise InvalidConfigError."""

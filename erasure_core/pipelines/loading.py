@@ -1,9 +1,10 @@
 """Loading pipelines of every family from a diffusers folder or a hub id, through one code path.
 
 `load_flux_pipeline(source)` and `load_open_sora_pipeline(source)` load with `from_pretrained` on the configured
-device and dtype, eval mode, no gradients. Downloads are off unless the caller allows them, so a missing checkpoint
-fails fast with a clear message instead of reaching for the network. The bundled demo worlds are not known here:
-`erasure_core.models` assembles a world's folder and hands it to these loaders like any other folder.
+device and dtype, eval mode, no gradients, from safetensors only (`use_safetensors=True`: a pickled `.bin`
+checkpoint, which can run code when unpickled, is refused). Downloads are off unless the caller allows them, so a
+missing checkpoint fails fast with a clear message instead of reaching for the network. The bundled demo worlds are
+not known here: `erasure_core.models` assembles a world's folder and hands it to these loaders like any other folder.
 """
 
 from __future__ import annotations
@@ -90,12 +91,13 @@ def load_pipeline(
     """Loads `pipeline_cls.from_pretrained(model)` frozen on `device`; the shared body of the family loaders.
 
     Raises:
-        ModelLoadError: the source is invalid, missing locally with downloads off, or fails to load.
+        ModelLoadError: the source is invalid, missing locally with downloads off, has a component without
+            safetensors weights, or fails to load.
     """
     source = resolve_source(model)
     try:
         pipe = pipeline_cls.from_pretrained(
-            source, torch_dtype=resolve_dtype(dtype), local_files_only=not allow_downloads
+            source, torch_dtype=resolve_dtype(dtype), local_files_only=not allow_downloads, use_safetensors=True
         )
     except Exception as e:
         hint = "" if allow_downloads else " (downloads are off: set ERASURE_ALLOW_DOWNLOADS=1 to fetch from a hub)"

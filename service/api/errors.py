@@ -22,12 +22,14 @@ from erasure_core.errors import (
     ExpansionError,
     IncompatibleAdapterError,
     InvalidConfigError,
+    InvalidLoraError,
     ModelLoadError,
     NoMatchingModuleError,
 )
 from service.errors import (
     CapacityError,
     ErasureFailedError,
+    ErasureInPolicyError,
     ErasureNotFoundError,
     ErasureNotReadyError,
     ForbiddenError,
@@ -52,8 +54,10 @@ STATUS: dict[type[ErasureError], int] = {
     ErasureNotFoundError: 404,
     AdapterNotFoundError: 404,
     ErasureNotReadyError: 409,
+    ErasureInPolicyError: 409,
     IncompatibleAdapterError: 409,
     ArtifactError: 409,
+    InvalidLoraError: 422,  # a LoRA given for import (`method: import`) is unusable
     PayloadTooLargeError: 413,
     OverloadedError: 429,
     ErasureFailedError: 500,

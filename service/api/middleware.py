@@ -62,8 +62,17 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replayed
 
 
+# The method label takes these values or "other", so arbitrary request methods cannot grow the metrics without bound.
+METHOD_LABELS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHOD_LABELS else "other"
+
+
 class MetricsMiddleware:
-    """Counts requests by method, route template and status, and observes latency by route."""
+    """Counts requests by method (a bounded set, see `METHOD_LABELS`), route template and status, and observes
+    latency by route."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -85,5 +94,5 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.inc(method=scope["method"], route=route, status=str(status["code"]))
+            self.metrics.requests.inc(method=method_label(scope["method"]), route=route, status=str(status["code"]))
             self.metrics.latency.observe(time.perf_counter() - started, route=route)

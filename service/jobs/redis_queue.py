@@ -83,11 +83,15 @@ class Keys:
 
 
 def connect(settings: Settings, blocking: bool = False) -> redis.Redis:
-    """A client for `ERASURE_REDIS_URL`. `blocking` clients (rq's worker loop, which waits on BLPOP) get no socket
+    """A client for `ERASURE_REDIS_URL` (with `ERASURE_REDIS_PASSWORD[_FILE]` unless the URL has a password).
+    `blocking` clients (rq's worker loop, which waits on BLPOP) get no socket
     timeout; the others fail fast so an API request never hangs on a dead Redis."""
     assert settings.redis_url
     timeout = None if blocking else settings.redis_timeout_s
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return redis.Redis.from_url(
+        settings.redis_url, password=password, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
 
 
 class Lease:

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from safetensors.torch import save
 
 from erasure_core.concepts import ConceptSpec
+from erasure_core.errors import NoMatchingModuleError
 from erasure_core.methods import get_method
 from service.errors import ErasureNotFoundError, ErasureNotReadyError, InvalidRequestError, QueueUnavailableError
 from service.jobs.runner import JobRunner
-from service.pipelines import PipelinePool
+from service.pipelines import PipelineHandle, PipelinePool
 from service.runtime.adapter_manager import AdapterManager
 from service.runtime.tenancy import Principal, Tenancy
 from service.schemas import ErasureCreate
@@ -31,6 +34,7 @@ def _concept_spec(request: ErasureCreate) -> ConceptSpec:
     try:
         return ConceptSpec(
             concept=request.concept,
+            also=tuple(request.also),
             kind=request.kind,
             synonyms=tuple(request.synonyms),
             preserve=tuple(request.preserve),
@@ -42,6 +46,33 @@ def _concept_spec(request: ErasureCreate) -> ConceptSpec:
         raise InvalidRequestError(f"invalid concept: {details}") from e
 
 
+def _check_lora_targets(handle: PipelineHandle, config: object) -> None:
+    """A trained method's `target_set` must name a LoRA target set of the model's family that matches its modules:
+    checked at creation, so the request is refused instead of the job failing later."""
+    target_set = getattr(config, "target_set", None)
+    if target_set is None:
+        return
+    engine = handle.engine
+    try:
+        engine.family.resolve_lora_targets(engine.pipe.transformer, target_set)
+    except NoMatchingModuleError as e:
+        raise InvalidRequestError(f"options.target_set: {e}") from e
+
+
+def _import_options(options: dict[str, Any], import_dir: Path | None) -> dict[str, Any]:
+    """`method: import` options with the operator's import folder set: a caller names a file inside it (`path`)
+    and never the folder itself."""
+    if "import_dir" in options:
+        raise InvalidRequestError("options.import_dir: set by the operator (ERASURE_IMPORT_DIR), not by a caller")
+    if "path" not in options:
+        return options
+    if import_dir is None:
+        raise InvalidRequestError(
+            "options.path: importing by path is off (the operator has not set ERASURE_IMPORT_DIR)"
+        )
+    return {**options, "import_dir": str(import_dir.resolve())}
+
+
 class ErasureService:
     def __init__(
         self,
@@ -50,19 +81,26 @@ class ErasureService:
         runner: JobRunner,
         tenancy: Tenancy,
         managers: dict[str, AdapterManager],
+        import_dir: Path | None = None,
     ) -> None:
         self.pool = pool
         self.store = store
         self.runner = runner
         self.tenancy = tenancy
         self.managers = managers
+        self.import_dir = import_dir
 
     async def create(self, principal: Principal, request: ErasureCreate) -> ErasureRecord:
         """Validates, records and runs (or queues) an erasure job; returns its record."""
-        self.pool.get(request.model)
+        handle = self.pool.get(request.model)
         spec = _concept_spec(request)
         method = get_method(request.method)
-        config = method.parse_config(request.options)  # InvalidConfigError before anything is written
+        options = _import_options(request.options, self.import_dir) if method.name == "import" else request.options
+        config = method.parse_config(options)  # InvalidConfigError before anything is written
+        method.check_spec(spec)
+        _check_lora_targets(handle, config)
+        # What the config points at (an imported LoRA) is read and checked against the model before any write.
+        await asyncio.to_thread(method.check_config, handle.engine.context, config)
         if method.trained:
             self.runner.check_available()  # QueueUnavailableError (503) before anything is written
         record = ErasureRecord(

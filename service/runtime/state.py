@@ -42,7 +42,9 @@ class ServiceRuntime:
         self._preloaded = pool is not None
         self.managers: dict[str, AdapterManager] = {}
         self.schedulers: dict[str, GenerationScheduler] = {}
-        self.erasures = ErasureService(self.pool, self.store, self.runner, self.tenancy, self.managers)
+        self.erasures = ErasureService(
+            self.pool, self.store, self.runner, self.tenancy, self.managers, import_dir=settings.import_dir
+        )
         self.images = ImageService(settings, self.pool, self.store, self.tenancy, self.schedulers)
         self.videos = VideoService(settings, self.pool, self.store, self.tenancy, self.schedulers)
         self.ready = False

@@ -2,17 +2,21 @@
 
 Each API key belongs to one tenant. A tenant sees and uses its own erasures plus the operator-wide ones (those
 created by the operator tenant); the operator sees everything. Ids a caller may not see are reported exactly like
-ids that do not exist, so nobody learns of another tenant's erasures. With no keys configured, auth is off and
-every caller is the default tenant.
+ids that do not exist, so nobody learns of another tenant's erasures. With auth off (`ERASURE_AUTH=off`, which the
+settings allow only with no keys) every caller is the default tenant.
+
+Keys are kept as SHA-256 digests (configured in the clear or as `sha256:<hex>`); a presented key is hashed once and
+compared with every digest in constant time (`hmac.compare_digest`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 
-from service.errors import ForbiddenError, UnauthorizedError
-from service.settings import Settings
+from service.errors import ErasureInPolicyError, ForbiddenError, UnauthorizedError
+from service.settings import HASHED_KEY_PREFIX, Settings
 from service.store import ErasureRecord
 
 
@@ -28,18 +32,18 @@ class Tenancy:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.operator = settings.operator_tenant
-        self._keys = [(key.encode(), tenant) for key, tenant in settings.api_keys.items()]
+        self._keys = [(_digest(key), tenant) for key, tenant in settings.api_keys.items()]
 
     def authenticate(self, api_key: str | None) -> Principal:
         """The caller of a request carrying `api_key` (None when absent). Raises UnauthorizedError."""
-        if not self._keys:
+        if not self.settings.auth_enabled:
             return self._principal(self.settings.default_tenant)
         if not api_key:
             raise UnauthorizedError("an API key is required: send 'Authorization: Bearer <key>'")
-        presented = api_key.encode()
+        presented = hashlib.sha256(api_key.encode()).digest()
         tenant = None
-        for key, owner in self._keys:  # compare against every key in constant time
-            if hmac.compare_digest(key, presented):
+        for digest, owner in self._keys:  # compare against every key in constant time
+            if hmac.compare_digest(digest, presented):
                 tenant = owner
         if tenant is None:
             raise UnauthorizedError("invalid API key")
@@ -52,10 +56,25 @@ class Tenancy:
         return principal.is_operator or record.tenant in (principal.tenant, self.operator)
 
     def check_delete(self, principal: Principal, record: ErasureRecord) -> None:
-        """Raises ForbiddenError when a tenant tries to delete an operator-wide erasure."""
+        """Raises ForbiddenError when a tenant tries to delete an operator-wide erasure, and ErasureInPolicyError
+        when the mandatory policy names the erasure (deleting it would make every generation of those tenants
+        fail)."""
         if not (principal.is_operator or record.tenant == principal.tenant):
             raise ForbiddenError(f"erasure {record.id} is operator-wide; only the operator can delete it")
+        named_by = sorted(t for t, ids in self.settings.mandatory_erasures.items() if record.id in ids)
+        if named_by:
+            raise ErasureInPolicyError(
+                f"erasure {record.id} is mandatory (ERASURE_MANDATORY_ERASURES) for {len(named_by)} tenant(s); "
+                "remove it from the policy before deleting it"
+            )
 
     def mandatory(self, principal: Principal) -> list[str]:
         """Erasure ids the operator's policy applies to every generation of this tenant."""
         return list(self.settings.mandatory_erasures.get(principal.tenant, []))
+
+
+def _digest(key: str) -> bytes:
+    """The SHA-256 digest of a configured key: given as `sha256:<hex>`, or computed from the key itself."""
+    if key.startswith(HASHED_KEY_PREFIX):
+        return bytes.fromhex(key[len(HASHED_KEY_PREFIX) :])
+    return hashlib.sha256(key.encode()).digest()

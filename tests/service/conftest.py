@@ -80,7 +80,7 @@ class LiveServer:
 def demo_pool(request: pytest.FixtureRequest) -> PipelinePool:
     """The Flux pipeline, loaded once per session: the suite's demo engine (tests/conftest.py), or the folder
     ERASURE_FLUX_MODEL names."""
-    settings = Settings(device="cpu", dtype="float32")
+    settings = Settings(device="cpu", dtype="float32", auth="off")
     if settings.flux_model != "demo":
         return PipelinePool.load(settings)
     engine = request.getfixturevalue("demo_engine")
@@ -93,6 +93,9 @@ def start_server(demo_pool: PipelinePool) -> Iterator[Callable[..., LiveServer]]
     started: list[LiveServer] = []
 
     def start(data_dir: Path, **overrides: Any) -> LiveServer:
+        """A server on `data_dir`; open (auth off, explicitly) unless `overrides` configure API keys."""
+        if "api_keys" not in overrides and "api_keys_file" not in overrides:
+            overrides.setdefault("auth", "off")
         settings = Settings(data_dir=data_dir, device="cpu", **overrides)
         server = LiveServer(settings, demo_pool).start()
         started.append(server)
@@ -107,7 +110,7 @@ def start_server(demo_pool: PipelinePool) -> Iterator[Callable[..., LiveServer]]
 def open_server(
     start_server: Callable[..., LiveServer], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    """A server with the embedded defaults (no API keys), one per test module."""
+    """A server with the embedded defaults and auth off (no API keys), one per test module."""
     server = start_server(tmp_path_factory.mktemp("open-data"))
     yield server
     server.stop()

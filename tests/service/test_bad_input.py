@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,8 @@ CASES: list[tuple[str, str, str, Any, int, str]] = [
     ("oversized concept body", "POST", ER, {"concept": "c", "preserve": ["x" * 150] * 2000}, 413, "payload_too_large"),
     ("get unknown id", "GET", f"{ER}/{UNKNOWN}", None, 404, "erasure_not_found"),
     ("get malformed id", "GET", f"{ER}/not-an-id", None, 404, "erasure_not_found"),
+    ("get id with a trailing newline", "GET", f"{ER}/{UNKNOWN}%0A", None, 404, "erasure_not_found"),
+    ("delete id with a trailing newline", "DELETE", f"{ER}/{UNKNOWN}%0A", None, 404, "erasure_not_found"),
     ("delete unknown id", "DELETE", f"{ER}/{UNKNOWN}", None, 404, "erasure_not_found"),
     ("lora of unknown id", "GET", f"{ER}/{UNKNOWN}/lora", None, 404, "erasure_not_found"),
     ("unknown route", "GET", "/v1/nothing", None, 404, "not_found"),
@@ -101,6 +105,66 @@ def test_bad_input(
     assert error["code"] == code, f"{name}: {error}"
     assert error["message"], f"{name}: the error must say what is wrong"
     assert _snapshot(open_server) == before, f"{name}: a rejected request changed the server's state"
+
+
+# Trained-method options that used to be accepted (202 queued) and fail later: each must be refused at creation.
+FAST = '"concept_images": 1, "sample_steps": 2, "steps": 4'
+BAD_TRAINED_OPTIONS = {
+    "unknown target set": '{"target_set": "nope"}',
+    "infinite rate": '{"lr": Infinity}',
+    "NaN weight": '{"lambda_esd": NaN}',
+    "infinite unbounded weight": '{"lambda_preserve": Infinity}',
+    "negative infinite weight": '{"eupmu_lr": -Infinity}',
+    "seed beyond 64 bits": '{"seed": 18446744073709551616}',
+    "negative seed": '{"seed": -1}',
+    "checkpoint_every 0": '{"checkpoint_every": 0}',
+    "checkpoint_every above steps": '{"checkpoint_every": 5}',
+}
+
+
+@pytest.mark.parametrize("options", BAD_TRAINED_OPTIONS.values(), ids=BAD_TRAINED_OPTIONS.keys())
+def test_trained_options_are_checked_at_creation(open_server: LiveServer, options: str) -> None:
+    """422 before anything is written or queued: the list stays the same and no record or checkpoint appears."""
+    merged = options.replace("{", "{" + FAST + ", ", 1)
+    body = f'{{"concept": "circle", "method": "eraseanything", "options": {merged}}}'.encode()
+    before = _snapshot(open_server)
+    with open_server.client() as client:
+        listed = client.get(ER).json()["data"]
+        response = client.post(ER, content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422, f"{options}: {response.status_code} {response.text}"
+        error = response.json()["error"]
+        assert error["code"] == "invalid_request" and error["message"], error
+        assert client.get(ER).json()["data"] == listed
+    assert _snapshot(open_server) == before
+
+
+def test_a_valid_trained_job_is_still_accepted(open_server: LiveServer) -> None:
+    """The checks above do not refuse good options: a tiny job with the defaults' checkpoint_every is queued."""
+    body = {"concept": "circle", "method": "eraseanything", "options": {"steps": 1, "concept_images": 1}}
+    with open_server.client() as client:
+        response = client.post(ER, json={**body, "options": {**body["options"], "sample_steps": 2}})
+        assert response.status_code == 202, response.text
+        assert response.json()["options"]["checkpoint_every"] == 1  # the default, capped at steps
+        erasure_id = response.json()["id"]
+        deadline = time.monotonic() + 120
+        while client.get(f"{ER}/{erasure_id}").json()["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, "the job did not finish"
+            time.sleep(0.2)
+        assert client.get(f"{ER}/{erasure_id}").json()["status"] == "ready"
+        assert client.delete(f"{ER}/{erasure_id}").status_code == 200
+
+
+def test_unknown_request_methods_share_one_metrics_label(open_server: LiveServer) -> None:
+    """Arbitrary HTTP methods must not grow the metrics without bound: they are counted as "other"."""
+    with open_server.client() as client:
+        for method in ("FOOBAR", "FOOBAZ"):
+            response = client.request(method, "/healthz")
+            assert response.status_code in (400, 404, 405), response.text
+        text = client.get("/metrics").text
+    methods = set(re.findall(r'erasure_http_requests_total\{method="([^"]*)"', text))
+    assert "FOOBAR" not in text and "FOOBAZ" not in text
+    assert methods <= {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other"}
+    assert "other" in methods
 
 
 def test_streamed_oversized_body_is_refused(open_server: LiveServer) -> None:

@@ -37,8 +37,14 @@ def test_hadolint_clean() -> None:
 
 def test_every_variable_is_a_setting() -> None:
     used = _env_names(DOCKERFILE.read_text()) | _env_names(COMPOSE.read_text())
-    # ERASURE_MODELS_DIR and ERASURE_PUBLISH_PORT are compose-only knobs for the host side of mounts and ports.
-    unknown = used - _settings_env_names() - {"ERASURE_MODELS_DIR", "ERASURE_PUBLISH_PORT"}
+    # Compose-only knobs for the host side of mounts, ports and secret files.
+    host_side = {
+        "ERASURE_MODELS_DIR",
+        "ERASURE_PUBLISH_PORT",
+        "ERASURE_API_KEYS_SECRET",
+        "ERASURE_REDIS_PASSWORD_SECRET",
+    }
+    unknown = used - _settings_env_names() - host_side
     assert not unknown, f"variables that no setting reads: {sorted(unknown)}"
 
 
@@ -59,3 +65,45 @@ def test_compose_matches_cli_and_image() -> None:
     assert 'ENTRYPOINT ["erasure"]' in dockerfile and "erasure" in scripts
     assert "/readyz" in dockerfile and re.search(r"^USER \S+", dockerfile, re.M)
     assert re.search(r"^FROM nvidia/cuda|CUDA_IMAGE=nvidia/cuda", dockerfile, re.M)
+
+
+def test_the_worker_has_its_own_health_check() -> None:
+    """The image's HEALTHCHECK polls the api's /readyz, which a worker never serves: the worker overrides it with
+    `erasure worker --check`, a command the CLI accepts."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    check = services["worker"]["healthcheck"]
+    assert check["test"][0] == "CMD" and check["test"][1:] == ["erasure", "worker", "--check"]
+    assert not check.get("disable") and check.get("start_period")
+    args = build_parser().parse_args(check["test"][2:])
+    assert args.check is True
+    assert "healthcheck" not in services["api"]  # the api keeps the image's /readyz check
+
+
+def test_redis_requires_a_password_the_clients_use() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services, secrets = compose["services"], compose["secrets"]
+    redis = services["redis"]
+    command = " ".join(redis["command"])
+    assert "--requirepass" in command and "/run/secrets/redis_password" in command
+    assert "redis_password" in redis["secrets"] and "file" in secrets["redis_password"]
+    assert "/run/secrets/redis_password" in " ".join(redis["healthcheck"]["test"])  # the check authenticates too
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        assert env["ERASURE_REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password"
+        assert "redis_password" in services[name]["secrets"]
+        assert env["ERASURE_REDIS_URL"].startswith("redis://redis:")
+
+
+def test_the_containers_never_start_open() -> None:
+    """Auth is on and the keys come from a secret file; nothing turns auth off by default."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    dockerfile = DOCKERFILE.read_text()
+    assert re.search(r"^\s+ERASURE_AUTH=on\b", dockerfile, re.M)
+    assert not re.search(r"^[^#]*ERASURE_AUTH=off", dockerfile, re.M)  # only a comment may mention it
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        assert env["ERASURE_AUTH"] == "on"
+        assert env["ERASURE_API_KEYS_FILE"] == "/run/secrets/api_keys" and "api_keys" in services[name]["secrets"]
+    assert "file" in compose["secrets"]["api_keys"]
+    assert Settings.model_fields["auth"].default == "on"

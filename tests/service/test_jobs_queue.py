@@ -18,6 +18,14 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from rq import Queue
+from rq.job import Job
+from rq.job import JobStatus as RqStatus
+from rq.serializers import JSONSerializer
+
+from service.jobs.redis_queue import JOB_FUNCTION
+from service.jobs.worker import check_worker
+from service.settings import Settings
 
 from .conftest import LiveServer
 
@@ -28,8 +36,11 @@ LEASE_S = 2.0
 FAST = {"concept_images": 1, "sample_steps": 2, "batch_size": 1}
 
 
-def lora_job(concept: str, steps: int, checkpoint_every: int = 1000) -> dict[str, Any]:
-    options = {**FAST, "steps": steps, "checkpoint_every": checkpoint_every}
+def lora_job(concept: str, steps: int, checkpoint_every: int | None = None) -> dict[str, Any]:
+    """A tiny EraseAnything++ job; `checkpoint_every` left out is the default's, capped at `steps`."""
+    options: dict[str, Any] = {**FAST, "steps": steps}
+    if checkpoint_every is not None:
+        options["checkpoint_every"] = checkpoint_every
     return {"concept": concept, "method": "eraseanything", "options": options}
 
 
@@ -43,6 +54,7 @@ class Worker:
             "ERASURE_QUEUE_PREFIX": prefix,
             "ERASURE_DATA_DIR": str(data_dir),
             "ERASURE_DEVICE": "cpu",
+            "ERASURE_AUTH": "off",
             "ERASURE_JOB_LEASE_S": str(LEASE_S),
             "ERASURE_LOG_LEVEL": "info",
             **env,
@@ -234,3 +246,60 @@ def test_redis_unreachable_refuses_lora_jobs_while_ice_and_generation_work(
             "/v1/images/generations", json={"prompt": "a red triangle", "seed": 2, "erasures": [ice.json()["id"]]}
         )
         assert image.status_code == 200
+
+
+def _settings(queue_env: dict[str, Any], **overrides: Any) -> Settings:
+    values = {"redis_url": REDIS_URL, "queue_prefix": queue_env["prefix"], "auth": "off", **overrides}
+    return Settings(data_dir=queue_env["data_dir"], **values)
+
+
+def test_worker_health_check_without_a_worker(queue_env: dict[str, Any]) -> None:
+    """`erasure worker --check` fails while no worker of this host serves the deployment's queues, or Redis is away."""
+    assert "no worker of this host" in (check_worker(_settings(queue_env)) or "")
+    unreachable = check_worker(_settings(queue_env, redis_url="redis://127.0.0.1:1/0", redis_timeout_s=0.5))
+    assert unreachable is not None and "unreachable" in unreachable
+    env = {**os.environ, "ERASURE_REDIS_URL": REDIS_URL, "ERASURE_QUEUE_PREFIX": queue_env["prefix"]}
+    env["ERASURE_AUTH"] = "off"
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "worker", "--check"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "unhealthy" in result.stderr, result.stderr
+
+
+def _wait_for_rq(job: Job, timeout: float, why: str) -> str:
+    deadline = time.monotonic() + timeout
+    while (status := job.get_status(refresh=True)) in (RqStatus.QUEUED, RqStatus.STARTED):
+        assert time.monotonic() < deadline, f"timed out waiting ({why}): {status}"
+        time.sleep(0.2)
+    return status
+
+
+@pytest.mark.slow
+def test_worker_runs_only_the_projects_job_function(
+    api: LiveServer, workers: Callable[..., Worker], queue_env: dict[str, Any]
+) -> None:
+    """rq would import and call any function a job in Redis names: the worker fails every other job without running
+    it, and keeps serving real jobs. Its health check passes while it runs."""
+    worker = workers()
+    settings = _settings(queue_env)
+    deadline = time.monotonic() + 240
+    while check_worker(settings) is not None:  # registered once its pipeline is loaded
+        assert time.monotonic() < deadline and worker.proc.poll() is None, worker.tail()
+        time.sleep(0.5)
+    marker = queue_env["data_dir"] / "executed"
+    queue = Queue(f"{queue_env['prefix']}flux", connection=queue_env["conn"], serializer=JSONSerializer)
+    foreign = [
+        queue.enqueue_call("os.system", args=(f"touch {marker}",)),
+        queue.enqueue_call("pathlib.Path.touch", args=(str(marker),)),
+        queue.enqueue_call(JOB_FUNCTION, args=("../../etc/passwd",)),  # ours, but not an erasure id
+    ]
+    for job in foreign:
+        assert _wait_for_rq(job, 60, worker.tail()) == RqStatus.FAILED, worker.tail()
+    assert not marker.exists(), "the worker ran a job that is not the project's"
+    assert worker.proc.poll() is None, worker.tail()
+    assert worker.tail().count("refusing rq job") == len(foreign)
+    assert check_worker(settings) is None
+    with api.client() as client:  # and it still runs real jobs
+        erasure_id = client.post("/v1/erasures", json=lora_job("cross", steps=2)).json()["id"]
+        erasure = wait_for(client, erasure_id, lambda e: e["status"] not in ("queued", "running"), 240, worker.tail())
+        assert erasure["status"] == "ready", worker.tail()

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def serve(data_dir: Path, port: int) -> Iterator[str]:
     """`erasure serve` in a subprocess; killed with SIGKILL (a crash, not a clean shutdown) on exit."""
     env = {**os.environ, "ERASURE_DATA_DIR": str(data_dir), "ERASURE_DEVICE": "cpu", "ERASURE_LOG_LEVEL": "warning"}
+    env["ERASURE_AUTH"] = "off"  # an open server must be asked for explicitly
     env.pop("ERASURE_API_KEYS", None)
+    env.pop("ERASURE_API_KEYS_FILE", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,

@@ -38,6 +38,13 @@ def test_ids_are_prefixed_random_hex() -> None:
         assert not is_valid_id(bad)
 
 
+def test_ids_with_a_trailing_newline_are_invalid() -> None:
+    """`$` also matches before a final newline: the check must match the whole string."""
+    good = new_id()
+    for bad in (good + "\n", good + "\r\n", "\n" + good, good + "\n\n"):
+        assert not is_valid_id(bad), repr(bad)
+
+
 def test_save_load_and_restart(tmp_path: Path) -> None:
     store = ErasureStore(tmp_path)
     store.recover()
@@ -83,6 +90,7 @@ def test_recovery_never_serves_damaged_erasures(tmp_path: Path) -> None:
         "orphans_removed": 3,
         "marked_failed": 4,
         "checkpoints_removed": 0,
+        "unreadable_skipped": 0,
     }
     assert reopened.get(good.id).status == JobStatus.succeeded
     for record in (missing, corrupt, truncated, unfinished):
@@ -92,6 +100,52 @@ def test_recovery_never_serves_damaged_erasures(tmp_path: Path) -> None:
     assert reopened.get(unfinished.id).error.code == "interrupted"
     assert reopened.get(corrupt.id).error.code == "artifact_corrupt"
     assert not orphan.exists() and not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("how", ["permission", "directory"])
+def test_recovery_never_deletes_what_it_cannot_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """A record that cannot be read (EACCES, EIO, a directory in its place) is not "invalid": recovery logs it and
+    leaves the record, its artifact and its checkpoint alone; a record that is read and invalid is still dropped."""
+    store = ErasureStore(tmp_path)
+    store.recover()
+    kept, running = add_record(store), add_record(store)
+    store.save_artifact(kept.id, make_artifact())
+    store.checkpoint_path(running.id).write_bytes(b"checkpoint")
+    artifact = store.artifact_path(kept.id).read_bytes()
+    (store.records_dir / f"{new_id()}.json").write_text('{"id": "not a record"}')  # read, invalid: dropped
+    blocked = [store.record_path(kept.id), store.record_path(running.id)]
+    if how == "directory":
+        for path in blocked:
+            path.unlink()
+            path.mkdir()
+    else:
+        for path in blocked:
+            path.chmod(0)
+        if os.geteuid() == 0:  # root reads through mode 000: make the read fail as it would for anyone else
+            real_read_bytes = Path.read_bytes
+
+            def read_bytes(self: Path) -> bytes:
+                if self in blocked:
+                    raise PermissionError(13, "Permission denied", str(self))
+                return real_read_bytes(self)
+
+            monkeypatch.setattr(Path, "read_bytes", read_bytes)
+
+    counts = ErasureStore(tmp_path).recover()
+    assert counts["unreadable_skipped"] == 2 and counts["orphans_removed"] == 0 and counts["checkpoints_removed"] == 0
+    assert all(path.exists() for path in blocked), "an unreadable record was deleted"
+    assert store.artifact_path(kept.id).read_bytes() == artifact
+    assert store.checkpoint_path(running.id).read_bytes() == b"checkpoint"
+    assert len(list(store.records_dir.glob("er_*.json"))) == 2  # the invalid one is gone, the unreadable ones stay
+
+    if how == "permission":  # once the operator fixes the permissions, nothing was lost
+        monkeypatch.undo()
+        for path in blocked:
+            path.chmod(0o644)
+        fixed = ErasureStore(tmp_path)
+        assert fixed.recover(interrupt_unfinished=False)["unreadable_skipped"] == 0
+        assert fixed.load_artifact(kept.id).content_hash() == make_artifact().content_hash()
+        assert fixed.get(running.id).status == JobStatus.queued and fixed.checkpoint_path(running.id).exists()
 
 
 def test_artifact_altered_after_startup_is_refused(tmp_path: Path) -> None:

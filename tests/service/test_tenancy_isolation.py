@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 
 from .conftest import LiveServer
 
-KEYS = {"op-key": "operator", "alpha-key": "alpha", "beta-key": "beta"}
+OP, ALPHA, BETA = "op-key-0123456789abcdef", "alpha-key-0123456789abcdef", "beta-key-0123456789abcdef"
+KEYS = {OP: "operator", ALPHA: "alpha", BETA: "beta"}
 CONCURRENT = 72
 
 
@@ -22,10 +24,10 @@ def world(start_server: Callable[..., LiveServer], tmp_path_factory: pytest.Temp
     first = start_server(data_dir, api_keys=KEYS)
     ids = {}
     for name, key, concept in (
-        ("M", "op-key", "square"),
-        ("A", "alpha-key", "circle"),
-        ("B", "alpha-key", "triangle"),
-        ("C", "beta-key", "cross"),
+        ("M", OP, "square"),
+        ("A", ALPHA, "circle"),
+        ("B", ALPHA, "triangle"),
+        ("C", BETA, "cross"),
     ):
         with first.client(key) as client:
             response = client.post("/v1/erasures", json={"concept": concept})
@@ -51,7 +53,7 @@ def test_keys_are_required_except_for_health(world: dict) -> None:
 
 def test_tenants_see_their_own_and_operator_erasures(world: dict) -> None:
     server: LiveServer = world["server"]
-    with server.client("alpha-key") as client:
+    with server.client(ALPHA) as client:
         listed = {e["id"]: e["scope"] for e in client.get("/v1/erasures").json()["data"]}
         assert listed == {world["M"]: "operator", world["A"]: "tenant", world["B"]: "tenant"}
         foreign = world["C"]
@@ -66,14 +68,14 @@ def test_tenants_see_their_own_and_operator_erasures(world: dict) -> None:
         assert response.status_code == 404 and response.json()["error"]["code"] == "erasure_not_found"
         response = client.delete(f"/v1/erasures/{world['M']}")
         assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden"
-    with server.client("op-key") as client:
+    with server.client(OP) as client:
         assert len(client.get("/v1/erasures").json()["data"]) == 4
 
 
 def test_mandatory_erasure_is_applied_and_reported(world: dict) -> None:
     server: LiveServer = world["server"]
     body = {"prompt": "a green square", "seed": 11, "steps": 4}
-    with server.client("beta-key") as beta, server.client("alpha-key") as alpha:
+    with server.client(BETA) as beta, server.client(ALPHA) as alpha:
         forced = beta.post("/v1/images/generations", json=body).json()
         assert forced["erasures"] == [world["M"]]
         with_c = beta.post("/v1/images/generations", json={**body, "erasures": [world["C"]]}).json()
@@ -83,17 +85,74 @@ def test_mandatory_erasure_is_applied_and_reported(world: dict) -> None:
     assert forced["data"] == explicit["data"] != plain["data"]
 
 
+def test_a_mandatory_erasure_cannot_be_deleted(world: dict) -> None:
+    """Deleting an erasure the policy names would make every generation of its tenants fail: 409, nothing changes."""
+    server: LiveServer = world["server"]
+    with server.client(OP) as client:
+        response = client.delete(f"/v1/erasures/{world['M']}")
+        assert response.status_code == 409 and response.json()["error"]["code"] == "erasure_in_policy"
+        assert client.get(f"/v1/erasures/{world['M']}").json()["status"] == "ready"
+    with server.client(BETA) as beta:
+        answer = beta.post("/v1/images/generations", json={"prompt": "a red square", "steps": 2})
+        assert answer.status_code == 200 and answer.json()["erasures"] == [world["M"]]
+
+
+def test_open_mode_policy_erasure_cannot_be_deleted(start_server: Callable[..., LiveServer], tmp_path: Path) -> None:
+    """With auth off every caller is the default tenant; it still cannot delete what the policy names for it."""
+    first = start_server(tmp_path)
+    with first.client() as client:
+        erasure_id = client.post("/v1/erasures", json={"concept": "circle"}).json()["id"]
+    first.stop()
+    server = start_server(tmp_path, mandatory_erasures={"default": [erasure_id]})
+    try:
+        with server.client() as client:
+            response = client.delete(f"/v1/erasures/{erasure_id}")
+            assert response.status_code == 409, response.text
+            error = response.json()["error"]
+            assert error["code"] == "erasure_in_policy" and "policy" in error["message"]
+            assert client.get(f"/v1/erasures/{erasure_id}").json()["status"] == "ready"
+            answer = client.post("/v1/images/generations", json={"prompt": "a red circle", "steps": 2})
+            assert answer.status_code == 200 and answer.json()["erasures"] == [erasure_id]
+    finally:
+        server.stop()
+    assert (tmp_path / "records" / f"{erasure_id}.json").is_file()
+
+
+def test_hashed_and_file_keys_authenticate(start_server: Callable[..., LiveServer], tmp_path: Path) -> None:
+    """Keys from ERASURE_API_KEYS_FILE (Docker secrets) and keys configured as `sha256:<hex>` work over HTTP."""
+    file_key, hashed_file_key, hashed_env_key = (f"{name}-0123456789abcdef" for name in ("file", "hfile", "henv"))
+    keys_file = tmp_path / "api_keys"
+    keys_file.write_text(
+        "# key:tenant, one a line\n"
+        f"{file_key}:alpha\n"
+        f"sha256:{hashlib.sha256(hashed_file_key.encode()).hexdigest()}:beta\n"
+    )
+    hashed_env = f"sha256:{hashlib.sha256(hashed_env_key.encode()).hexdigest()}"
+    server = start_server(tmp_path / "data", api_keys={hashed_env: "gamma"}, api_keys_file=keys_file)
+    try:
+        for key, tenant in ((file_key, "alpha"), (hashed_file_key, "beta"), (hashed_env_key, "gamma")):
+            with server.client(key) as client:
+                created = client.post("/v1/erasures", json={"concept": "cross"})
+                assert created.status_code == 201, (tenant, created.text)
+                assert [e["id"] for e in client.get("/v1/erasures").json()["data"]] == [created.json()["id"]]
+        for wrong in (hashed_env, hashed_env.removeprefix("sha256:"), file_key + "x", None):
+            with server.client(wrong) as client:
+                assert client.get("/v1/erasures").status_code == 401, wrong
+    finally:
+        server.stop()
+
+
 def _requests(world: dict, count: int) -> list[tuple[str, dict, list[str]]]:
     """(key, body, expected applied erasures) with randomly mixed sets, tenants, prompts and seeds."""
     rng = random.Random(1234)
     choices = [
-        ("alpha-key", [], []),
-        ("alpha-key", [world["A"]], [world["A"]]),
-        ("alpha-key", [world["B"]], [world["B"]]),
-        ("alpha-key", [world["A"], world["B"]], sorted([world["A"], world["B"]])),
-        ("alpha-key", [world["M"]], [world["M"]]),
-        ("beta-key", [], [world["M"]]),
-        ("beta-key", [world["C"]], sorted([world["C"], world["M"]])),
+        (ALPHA, [], []),
+        (ALPHA, [world["A"]], [world["A"]]),
+        (ALPHA, [world["B"]], [world["B"]]),
+        (ALPHA, [world["A"], world["B"]], sorted([world["A"], world["B"]])),
+        (ALPHA, [world["M"]], [world["M"]]),
+        (BETA, [], [world["M"]]),
+        (BETA, [world["C"]], sorted([world["C"], world["M"]])),
     ]
     prompts = ["a red circle", "a blue triangle", "a green square", "a yellow cross", "a purple pyramid"]
     out = []
@@ -127,7 +186,7 @@ async def _fire(server: LiveServer, requests: list[tuple[str, dict, list[str]]])
 @pytest.mark.slow
 def test_concurrent_mixed_sets_match_requests_alone(world: dict) -> None:
     server: LiveServer = world["server"]
-    with server.client("alpha-key") as client:  # the sets really differ, so a mix-up would show in the bytes
+    with server.client(ALPHA) as client:  # the sets really differ, so a mix-up would show in the bytes
         for name, prompt in (("A", "a red circle"), ("B", "a blue triangle")):
             body = {"prompt": prompt, "seed": 1, "steps": 4}
             plain = client.post("/v1/images/generations", json=body).json()["data"]

@@ -52,7 +52,7 @@ def video_pool(demo_pool: PipelinePool, cache_dir: Path) -> PipelinePool:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    settings = Settings(device="cpu", dtype="float32", open_sora_model=_source(), cache_dir=cache_dir)
+    settings = Settings(device="cpu", dtype="float32", open_sora_model=_source(), cache_dir=cache_dir, auth="off")
     loaded = PipelinePool.load(settings, models=("open-sora",))
     return PipelinePool({**demo_pool.handles, **loaded.handles})
 
@@ -63,7 +63,7 @@ def video_server(
 ) -> Iterator[LiveServer]:
     """A server with ERASURE_OPEN_SORA_MODEL set, sharing the loaded pipelines (as conftest's servers do)."""
     data_dir = tmp_path_factory.mktemp("video-data")
-    settings = Settings(data_dir=data_dir, device="cpu", open_sora_model=_source(), cache_dir=cache_dir)
+    settings = Settings(data_dir=data_dir, device="cpu", open_sora_model=_source(), cache_dir=cache_dir, auth="off")
     server = LiveServer(settings, video_pool).start()
     yield server
     server.stop()
@@ -257,7 +257,9 @@ def test_lifespan_loads_open_sora(demo_dir: Path, tmp_path: Path) -> None:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    settings = Settings(data_dir=tmp_path, device="cpu", open_sora_model=_source(), cache_dir=demo_dir.parent)
+    settings = Settings(
+        data_dir=tmp_path, device="cpu", open_sora_model=_source(), cache_dir=demo_dir.parent, auth="off"
+    )
     server = LiveServer(settings, None).start()
     try:
         with server.client() as client:

@@ -59,10 +59,14 @@ class EraseAnythingConfig(BaseModel):
             LoRA's velocity for a noised preserve image under its prompt must match the frozen model's. 0: off.
         irrelevant: unrelated words for the contrastive loss (the paper asks GPT-4o; offline default list).
         frozen_teacher: v0/vp from the frozen base model (ESD) rather than the current model (EraseAnything code).
-        checkpoint_every: steps between checkpoints (crash safety).
+        checkpoint_every: steps between checkpoints (crash safety); at most `steps`, so a job can resume. Left out,
+            it is the default (or the preset's) capped at `steps`.
+        seed: the job's seed (LoRA init, sampling, prompt draws), 0 .. 2**63 - 1.
+
+    Every float must be finite: a request is refused at creation rather than failing (or training on NaN) later.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     preset: Literal["published", "cpu"] = "published"
     rank: int = Field(default=8, ge=1, le=128)
@@ -93,15 +97,33 @@ class EraseAnythingConfig(BaseModel):
     irrelevant: tuple[str, ...] = Field(default=("tree", "violin", "mountain"), min_length=1, max_length=8)
     frozen_teacher: bool = True
     checkpoint_every: int = Field(default=20, ge=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
 
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        """Fills the preset's values under the options given (an unknown preset fails on the `preset` field)."""
-        if isinstance(data, dict) and isinstance(data.get("preset"), str) and data["preset"] in PRESETS:
-            return {**PRESETS[data["preset"]], **data}
+        """Fills the preset's values under the options given (an unknown preset fails on the `preset` field), and
+        caps a `checkpoint_every` the caller did not give at `steps`."""
+        if not isinstance(data, dict):
+            return data
+        given = data
+        if isinstance(data.get("preset"), str) and data["preset"] in PRESETS:
+            data = {**PRESETS[data["preset"]], **data}
+        steps = data.get("steps", cls.model_fields["steps"].default)
+        if "checkpoint_every" not in given and type(steps) is int and steps >= 1:
+            default = data.get("checkpoint_every", cls.model_fields["checkpoint_every"].default)
+            data = {**data, "checkpoint_every": min(default, steps)}
         return data
+
+    @model_validator(mode="after")
+    def _check_checkpoint_every(self) -> EraseAnythingConfig:
+        """A `checkpoint_every` above `steps` would never checkpoint before the end: the job could not resume."""
+        if self.checkpoint_every > self.steps:
+            raise ValueError(
+                f"checkpoint_every ({self.checkpoint_every}) must not exceed steps ({self.steps}), or the job could "
+                "not resume after a crash"
+            )
+        return self
 
     @property
     def uses_preserve_images(self) -> bool:
