@@ -19,6 +19,12 @@ class UnknownMethodError(InvalidConfigError):
     code = "unknown_method"
 
 
+class UnsupportedMethodError(InvalidConfigError):
+    """The method exists but cannot run on this model's family (e.g. a trained method without training ops)."""
+
+    code = "method_unsupported"
+
+
 class NoMatchingModuleError(ErasureError, ValueError):
     """A model family names a layer the loaded model does not have."""
 

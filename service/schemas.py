@@ -204,6 +204,12 @@ class VideoGenerationRequest(BaseModel):
     size: str | None = Field(default=None, description="`WIDTHxHEIGHT`; default: the model's native size.")
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Seed; random when omitted.")
     steps: int | None = Field(default=None, ge=1, description="Denoising steps; server limit applies.")
+    guidance_scale: float | None = Field(
+        default=None, ge=0.0, le=100.0, description="Classifier-free guidance; default: the model's own (7.5)."
+    )
+    negative_prompt: str = Field(
+        default="", description="What to steer away from. Longer than the prompt limit: 413 `payload_too_large`."
+    )
     fps: int | None = Field(
         default=None, ge=1, description="Playback frame rate of the encoded clip; server limits and default apply."
     )

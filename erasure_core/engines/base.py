@@ -98,6 +98,7 @@ class ErasureEngine(ABC):
         impl = get_method(method)
         config = impl.parse_config(options)
         impl.check_spec(spec)
+        impl.check_family(self.family)
         if impl.trained:
             self.host.activate(())
         return impl.compute(self.context, spec, config, progress, checkpoints)

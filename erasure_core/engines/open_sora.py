@@ -23,6 +23,7 @@ class VideoParams(GenerationParams):
 
     guidance_scale: float | None = None
     num_frames: int | None = None
+    negative_prompt: str = ""
 
 
 class OpenSoraEngine(ErasureEngine):
@@ -66,6 +67,7 @@ class OpenSoraEngine(ErasureEngine):
                 width=video.width,
                 steps=video.steps,
                 guidance_scale=video.guidance_scale,
+                negative_prompt=video.negative_prompt,
                 max_sequence_length=video.max_sequence_length,
             )
             for prompt, seed in zip(prompts, seeds, strict=True)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from erasure_core.artifacts import ErasureArtifact
 from erasure_core.checkpoints import CheckpointStore
 from erasure_core.concepts import MAX_CONCEPTS, ConceptSpec
-from erasure_core.errors import InvalidConfigError, UnknownMethodError
+from erasure_core.errors import InvalidConfigError, UnknownMethodError, UnsupportedMethodError
 from erasure_core.expansion import LLMEndpoint
 from erasure_core.families.base import ModelFamily
 
@@ -45,6 +45,14 @@ class ErasureMethod(ABC):
     config_cls: ClassVar[type[BaseModel]]
     trained: ClassVar[bool] = False
     max_concepts: ClassVar[int] = MAX_CONCEPTS  # how many concepts (`concept` + `also`) one erasure may remove
+
+    def check_family(self, family: ModelFamily) -> None:
+        """Refuses (UnsupportedMethodError) a model family this method cannot run on, before any work or write:
+        by default, a trained method needs the family's training ops."""
+        if self.trained and family.training is None:
+            raise UnsupportedMethodError(
+                f"method {self.name!r} needs training support, which the {family.name} family does not have yet"
+            )
 
     def check_spec(self, spec: ConceptSpec) -> None:
         """Refuses a spec this method cannot compute (InvalidConfigError), before any work or write."""

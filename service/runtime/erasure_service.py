@@ -98,6 +98,7 @@ class ErasureService:
         options = _import_options(request.options, self.import_dir) if method.name == "import" else request.options
         config = method.parse_config(options)  # InvalidConfigError before anything is written
         method.check_spec(spec)
+        method.check_family(handle.engine.family)
         _check_lora_targets(handle, config)
         # What the config points at (an imported LoRA) is read and checked against the model before any write.
         await asyncio.to_thread(method.check_config, handle.engine.context, config)

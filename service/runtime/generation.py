@@ -42,12 +42,12 @@ class GenerationService:
     def _seed(seed: int | None) -> int:
         return secrets.randbelow(2**31) if seed is None else seed
 
-    def _check_prompt(self, prompt: str) -> None:
+    def _check_prompt(self, prompt: str, allow_empty: bool = False) -> None:
         if len(prompt) > self.settings.max_prompt_chars:
             raise PayloadTooLargeError(
                 f"prompt has {len(prompt)} characters; the limit is {self.settings.max_prompt_chars}"
             )
-        if not prompt.strip():
+        if not allow_empty and not prompt.strip():
             raise InvalidRequestError("prompt must contain a non-space character")
 
     def _size(self, size: str | None, defaults: ModelDefaults) -> tuple[int, int]:

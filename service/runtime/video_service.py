@@ -59,6 +59,7 @@ class VideoService(GenerationService):
         if not defaults.is_video:
             raise ModelNotAvailableError(f"model {request.model!r} does not generate video")
         self._check_prompt(request.prompt)
+        self._check_prompt(request.negative_prompt, allow_empty=True)
         if request.response_format == "mp4" and not mp4_available():
             raise InvalidRequestError("response_format 'mp4' needs PyAV on the server; ask for webp, gif or frames")
         width, height = self._size(request.size, defaults)
@@ -66,10 +67,12 @@ class VideoService(GenerationService):
         fps = self._fps(request.fps)
         params = VideoParams(
             steps=self._steps(request.steps),
+            guidance_scale=request.guidance_scale,
             height=height,
             width=width,
-            num_frames=num_frames,
             max_sequence_length=defaults.max_sequence_length,
+            num_frames=num_frames,
+            negative_prompt=request.negative_prompt,
         )
         erasures = self.resolve_erasures(principal, request.erasures, request.model)
         seed = self._seed(request.seed)

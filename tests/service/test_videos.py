@@ -170,6 +170,29 @@ def test_defaults_and_determinism(video_server: LiveServer) -> None:
     assert not torch.equal(frames_of(a), frames_of(c))
 
 
+def test_guidance_and_negative_prompt_reach_the_model(video_server: LiveServer) -> None:
+    with video_server.client() as client:
+        base = frames_of(video(client, "a blue square", seed=11, response_format="frames"))
+        guided = frames_of(video(client, "a blue square", seed=11, guidance_scale=2.0, response_format="frames"))
+        steered = video(client, "a blue square", seed=11, negative_prompt="a red circle", response_format="frames")
+        again = video(client, "a blue square", seed=11, negative_prompt="a red circle", response_format="frames")
+        too_long = client.post(ROUTE, json={"prompt": "a square", "negative_prompt": "x" * 100_000})
+    assert not torch.equal(base, guided) and not torch.equal(base, frames_of(steered))
+    assert steered["data"] == again["data"], "the negative prompt is part of what makes a clip reproducible"
+    assert too_long.status_code == 413 and too_long.json()["error"]["code"] == "payload_too_large"
+
+
+def test_a_method_the_family_cannot_run_is_refused_at_creation(video_server: LiveServer) -> None:
+    with video_server.client() as client:
+        before = client.get("/v1/erasures").json()["data"]
+        answer = client.post(
+            "/v1/erasures", json={"concept": "triangle", "model": "open-sora", "method": "eraseanything"}
+        )
+        after = client.get("/v1/erasures").json()["data"]
+    assert answer.status_code == 422 and answer.json()["error"]["code"] == "method_unsupported", answer.text
+    assert after == before, "a refused request writes nothing"
+
+
 def test_erasure_end_to_end(video_server: LiveServer) -> None:
     """An ICE erasure of a shape, created on Open-Sora through POST /v1/erasures like a Flux one, changes the clips
     of that shape, and the per-frame judge sees the shape less (on a world whose base model draws it)."""

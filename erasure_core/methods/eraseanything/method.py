@@ -50,8 +50,7 @@ class EraseAnything(ErasureMethod):
         checkpoints: CheckpointStore | None = None,
     ) -> ErasureArtifact:
         assert isinstance(config, EraseAnythingConfig)
-        if ctx.family.training is None:
-            raise InvalidConfigError(f"family {ctx.family.name!r} has no training support for {self.name}")
+        self.check_family(ctx.family)
         started = time.perf_counter()
         phrasings = expand_concept(ctx.pipe, ctx.family, spec.concept, spec.synonyms, mine=spec.expand)
         prompts = [fill(t, spec.concept) for t in TEMPLATES[spec.kind] if "{}" in t]
