@@ -188,3 +188,32 @@ def test_llm_phrasings_are_kept_only_when_the_model_draws_them(demo_engine, chat
         assert unverified == ["diamond", "rhombus", "lozenge", "dog", "banana"]
     finally:
         ChatHandler.answer = '["orb", "round disc", "ring"]'
+
+
+def test_an_erasure_is_computed_on_the_base_model_whatever_is_active(demo_engine, shape_erasures) -> None:
+    """Mining probes the transformer: it must see the base model, not another request's erasure set."""
+    spec = ConceptSpec(concept="cross", expand=True)
+    clean = demo_engine.erase(spec)
+    demo_engine.activate(list(shape_erasures.values()))
+    under_a_set = demo_engine.erase(spec)
+    assert demo_engine.host.active == ()
+    assert under_a_set.metadata["phrasings"] == clean.metadata["phrasings"]
+    assert all(torch.equal(under_a_set.deltas[k].B, d.B) for k, d in clean.deltas.items())
+
+
+def test_the_prompt_encoding_memo_is_bounded(demo_engine) -> None:
+    from erasure_core.methods.common import EncodingMemo, encode_cached
+
+    saved = demo_engine.context.cache.get("encoded")
+    one = encode_cached(demo_engine.context, ["a red circle"])
+    per_prompt = sum(t.nbytes for t in one.values())
+    demo_engine.context.cache["encoded"] = memo = EncodingMemo(budget_bytes=50 * per_prompt)
+    try:
+        prompts = [f"a picture of thing number {i}" for i in range(120)]
+        first = encode_cached(demo_engine.context, prompts)
+        assert len(memo) == 50 and memo.nbytes <= memo.budget_bytes
+        again = encode_cached(demo_engine.context, prompts[:5] + prompts[-5:])  # evicted and kept ones alike
+        for space, states in again.items():
+            assert torch.allclose(states, torch.cat([first[space][:5], first[space][-5:]]), atol=1e-6)
+    finally:
+        demo_engine.context.cache["encoded"] = saved if saved is not None else EncodingMemo()

@@ -94,13 +94,13 @@ class ErasureEngine(ABC):
         progress: Progress | None = None,
         checkpoints: CheckpointStore | None = None,
     ) -> ErasureArtifact:
-        """Computes an erasure artifact (does not attach it). Trained methods run with no erasure active."""
+        """Computes an erasure artifact (does not attach it). Every method runs on the base model: no erasure is
+        active while it encodes, probes or trains (the caller holds the pipeline; the active set is () afterwards)."""
         impl = get_method(method)
         config = impl.parse_config(options)
         impl.check_spec(spec)
         impl.check_family(self.family)
-        if impl.trained:
-            self.host.activate(())
+        self.host.activate(())
         return impl.compute(self.context, spec, config, progress, checkpoints)
 
     def attach(self, name: str, artifact: ErasureArtifact) -> bool:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 
 from erasure_core.concepts import ConceptSpec, erase_and_anchor_prompts, preserve_prompts
 from erasure_core.methods.base import MethodContext
+
+ENCODING_MEMO_BYTES = 512 * 2**20  # encoded prompts kept per model (the demo world's corpus is ~5 MB)
 
 
 @dataclass(frozen=True)
@@ -46,17 +49,52 @@ def even_rows(x: torch.Tensor, limit: int) -> torch.Tensor:
     return x[torch.linspace(0, len(x) - 1, limit).long()]
 
 
+class EncodingMemo:
+    """Encoded prompts by text, least recently used first, within a byte budget.
+
+    The preserve corpus is encoded once and reused by every erasure; requests add their own preserve terms and
+    anchors. Without a bound, a stream of requests with new terms would grow the memo without end (at FLUX.1's
+    sizes one prompt's T5 states are 8 MB).
+    """
+
+    def __init__(self, budget_bytes: int = ENCODING_MEMO_BYTES) -> None:
+        self.budget_bytes = budget_bytes
+        self.nbytes = 0
+        self._entries: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+
+    def __contains__(self, prompt: str) -> bool:
+        return prompt in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, prompt: str) -> dict[str, torch.Tensor]:
+        self._entries.move_to_end(prompt)
+        return self._entries[prompt]
+
+    def put(self, prompt: str, states: dict[str, torch.Tensor]) -> None:
+        if prompt in self._entries:
+            return
+        self._entries[prompt] = states
+        self.nbytes += sum(t.nbytes for t in states.values())
+        while self.nbytes > self.budget_bytes and len(self._entries) > 1:
+            _, dropped = self._entries.popitem(last=False)
+            self.nbytes -= sum(t.nbytes for t in dropped.values())
+
+
 def encode_cached(ctx: MethodContext, prompts: list[str]) -> dict[str, torch.Tensor]:
-    """Encodes prompts through the family, memoising per prompt in the context (the corpus is encoded once)."""
-    memo: dict[str, dict[str, torch.Tensor]] = ctx.cache.setdefault("encoded", {})
-    missing = [p for p in dict.fromkeys(prompts) if p not in memo]
+    """Encodes prompts through the family, memoising per prompt in the context within a byte budget."""
+    memo: EncodingMemo = ctx.cache.setdefault("encoded", EncodingMemo())
+    found: dict[str, dict[str, torch.Tensor]] = {p: memo.get(p) for p in dict.fromkeys(prompts) if p in memo}
+    missing = [p for p in dict.fromkeys(prompts) if p not in found]
     for start in range(0, len(missing), 128):
         chunk = missing[start : start + 128]
         encoded = ctx.family.encode(ctx.pipe, chunk)
         for i, prompt in enumerate(chunk):
-            memo[prompt] = {space: states[i] for space, states in encoded.items()}
+            found[prompt] = {space: states[i].clone() for space, states in encoded.items()}
+            memo.put(prompt, found[prompt])
     spaces = [s.name for s in ctx.family.text_spaces]
-    return {s: torch.stack([memo[p][s] for p in prompts]) for s in spaces}
+    return {s: torch.stack([found[p][s] for p in prompts]) for s in spaces}
 
 
 def concept_rows(ctx: MethodContext, spec: ConceptSpec, phrasings: list[str]) -> ConceptRows:

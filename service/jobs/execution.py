@@ -62,7 +62,9 @@ class JobExecutor:
 
     def __init__(self, pool: PipelinePool, store: ErasureStore, metrics: Metrics, exclusive_pipeline: bool) -> None:
         """`exclusive_pipeline`: a trained job holds the pipeline's generation lock while it runs (in-process
-        training changes the shared modules' hooks; a worker process serves no generations and skips it)."""
+        training changes the shared modules' hooks; a worker process serves no generations and skips it). A
+        closed-form erasure always holds it: it runs the shared text encoders (a fast tokenizer is not thread-safe)
+        and, when it expands, the transformer with no erasure active — for a second or so, not a whole job."""
         self.pool = pool
         self.store = store
         self.metrics = metrics
@@ -120,7 +122,7 @@ class JobExecutor:
         spec = ConceptSpec.model_validate(record.spec)
         checkpoints = FileCheckpoints(self.store.checkpoint_path(record.id)) if method.trained else None
         progress = ProgressReporter(self.store, record.id, should_stop)
-        exclusive = handle.lock if method.trained and self.exclusive_pipeline else nullcontext()
+        exclusive = handle.lock if self.exclusive_pipeline or not method.trained else nullcontext()
         with handle.erase_lock, exclusive:
             return handle.engine.erase(
                 spec, method=method.name, options=record.options, progress=progress, checkpoints=checkpoints
