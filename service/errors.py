@@ -46,6 +46,12 @@ class ModelNotAvailableError(ServiceError):
     code = "model_not_available"
 
 
+class ModelNotFoundError(ServiceError):
+    """`GET /v1/models/{model}` names a model this deployment does not serve (or no model at all)."""
+
+    code = "model_not_found"
+
+
 class UnauthorizedError(ServiceError):
     code = "unauthorized"
 

@@ -166,11 +166,19 @@ class ImageGenerationRequest(BaseModel):
     model: ModelName = "flux"
     erasures: list[str] = Field(default_factory=list, description="Erasure ids to apply (policy may add more).")
     n: int = Field(default=1, ge=1, description="Number of images (seeds seed..seed+n-1); server limit applies.")
-    size: str | None = Field(default=None, description="`WIDTHxHEIGHT`; default: the model's native size.")
+    size: str | None = Field(
+        default=None, description="`WIDTHxHEIGHT`; omitted or `auto` (as in OpenAI's API): the model's native size."
+    )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="First seed; random when omitted.")
     steps: int | None = Field(default=None, ge=1, description="Denoising steps; server limit applies.")
     guidance_scale: float | None = Field(default=None, ge=0.0, le=100.0)
-    response_format: Literal["b64_json"] = "b64_json"
+    response_format: Literal["b64_json"] = Field(default="b64_json", description="Only `b64_json` (no hosted `url`s).")
+    # OpenAI fields accepted for client compatibility. They do not change the images; any other OpenAI field
+    # (`quality`, `style`, `background`, ...) is refused (422) rather than silently ignored.
+    user: str | None = Field(default=None, description="OpenAI's end-user id: accepted and ignored.")
+    safety_identifier: str | None = Field(default=None, description="OpenAI's end-user id: accepted and ignored.")
+    output_format: Literal["png"] | None = Field(default=None, description="Only `png` (what the service returns).")
+    stream: Literal[False] | None = Field(default=None, description="Only `false`: no streaming.")
 
 
 class ImageData(BaseModel):
@@ -232,6 +240,24 @@ class VideoGenerationResponse(BaseModel):
     size: str
     num_frames: int
     fps: int
+
+
+class ModelObject(BaseModel):
+    """A model this deployment serves (OpenAI models shape, plus what it generates and whether it is usable)."""
+
+    id: str = Field(description="The name requests use as `model`.")
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix time since which this deployment serves the model.")
+    owned_by: str = "erasure-service"
+    output: Literal["image", "video"] = Field(
+        description="`image`: POST /v1/images/generations; `video`: POST /v1/videos/generations."
+    )
+    ready: bool = Field(description="Loaded and warmed up: generations and erasures are accepted.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
 
 
 class Health(BaseModel):

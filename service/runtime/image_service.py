@@ -40,7 +40,7 @@ class ImageService(GenerationService):
                 f"model {request.model!r} generates video, not images: use POST /v1/videos/generations"
             )
         self._check_prompt(request.prompt)
-        width, height = self._size(request.size, handle.defaults)
+        width, height = self._size(None if request.size == "auto" else request.size, handle.defaults)
         guidance = request.guidance_scale
         params = GenerationParams(
             steps=self._steps(request.steps),

@@ -20,6 +20,7 @@ from service.pipelines import PipelinePool
 from service.runtime.adapter_manager import AdapterManager
 from service.runtime.erasure_service import ErasureService
 from service.runtime.image_service import ImageService
+from service.runtime.models import ModelCatalog, ServedModel
 from service.runtime.scheduler import GenerationScheduler
 from service.runtime.tenancy import Tenancy
 from service.runtime.video_service import VideoService
@@ -47,6 +48,7 @@ class ServiceRuntime:
         )
         self.images = ImageService(settings, self.pool, self.store, self.tenancy, self.schedulers)
         self.videos = VideoService(settings, self.pool, self.store, self.tenancy, self.schedulers)
+        self.catalog = ModelCatalog(settings, self.pool, preloaded=pool is not None, created=int(time.time()))
         self.ready = False
         self.failure: str | None = None
         self._startup: asyncio.Task[None] | None = None
@@ -102,6 +104,14 @@ class ServiceRuntime:
         if not self.ready:
             reason = f"startup failed: {self.failure}" if self.failure else "models are loading and warming up"
             raise NotReadyError(f"the service is not ready ({reason})")
+
+    def models(self) -> list[ServedModel]:
+        """The models this deployment serves (listed while they load; `ready` once the service is)."""
+        return self.catalog.list(self.ready)
+
+    def model(self, name: str) -> ServedModel:
+        """One served model. Raises ModelNotFoundError for a model not served here."""
+        return self.catalog.get(name, self.ready)
 
     async def stop(self) -> None:
         if self._startup is not None and not self._startup.done():

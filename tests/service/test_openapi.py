@@ -20,6 +20,8 @@ def test_spec_documents_every_route() -> None:
         "/v1/erasures/{erasure_id}/lora",
         "/v1/images/generations",
         "/v1/videos/generations",
+        "/v1/models",
+        "/v1/models/{model}",
         "/healthz",
         "/readyz",
         "/metrics",
