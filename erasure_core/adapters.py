@@ -79,7 +79,7 @@ def get_linear(model: nn.Module, name: str) -> nn.Linear:
     except AttributeError as e:
         raise NoMatchingModuleError(f"the model has no module {name!r}") from e
     if not isinstance(module, nn.Linear):
-        raise NoMatchingModuleError(f"module {name!r} is a {type(module).__name__}, expected a Linear layer")
+        raise NoMatchingModuleError(f"module {name!r} is a {type(module).__name__}, not a Linear layer")
     return module
 
 

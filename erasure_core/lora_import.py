@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from erasure_core.adapters import get_linear
 from erasure_core.artifacts import LowRankDelta
-from erasure_core.errors import InvalidConfigError, InvalidLoraError
+from erasure_core.errors import InvalidConfigError, InvalidLoraError, NoMatchingModuleError
 
 MAX_LORA_BYTES = 2 * 1024**3
 MAX_LORA_TENSORS = 8192
@@ -219,13 +220,11 @@ def _scale(parts: dict[str, tuple[str, torch.Tensor]], rank: int) -> float:
 
 
 def _linear(model: nn.Module, module: str, key: str) -> nn.Linear:
+    """The model's Linear `module`, as every erasure finds its layers (`adapters.get_linear`), refused by `key`."""
     try:
-        found = model.get_submodule(module)
-    except AttributeError:
-        raise InvalidLoraError(f"{key}: the base transformer has no module {module!r}") from None
-    if not isinstance(found, nn.Linear):
-        raise InvalidLoraError(f"{key}: module {module!r} is a {type(found).__name__}, not a Linear layer")
-    return found
+        return get_linear(model, module)
+    except NoMatchingModuleError as e:
+        raise InvalidLoraError(f"{key}: {e}") from None
 
 
 def parse_lora(tensors: dict[str, torch.Tensor], model: nn.Module) -> ImportedLora:

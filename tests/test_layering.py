@@ -22,7 +22,7 @@ LAYERS: dict[str, tuple[tuple[str, ...], ...]] = {
         ("erasure_core.engines",),  # a loaded pipeline + its erasures + generation
         ("erasure_core.methods",),  # erasure methods behind one base class and a registry
         ("erasure_core.worlds",),  # demo worlds: data, judges, training, assembly, evaluation
-        ("erasure_core.adapters",),  # hooks that apply erasure sets
+        ("erasure_core.adapters", "erasure_core.lora_import"),  # hooks that apply erasure sets; foreign LoRAs
         ("erasure_core.families",),  # per-family facts: text layers, LoRA targets, encoding, training ops
         ("erasure_core.pipelines",),  # loading pipelines; the Open-Sora port
         (
@@ -30,7 +30,6 @@ LAYERS: dict[str, tuple[tuple[str, ...], ...]] = {
             "erasure_core.expansion",
             "erasure_core.artifacts",
             "erasure_core.checkpoints",
-            "erasure_core.lora_import",
             "erasure_core.media",
         ),
         ("erasure_core.errors", "erasure_core.version", "erasure_core"),
