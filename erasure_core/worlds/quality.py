@@ -207,69 +207,11 @@ def fills_world() -> QualityWorld:
     from erasure_core.worlds.fills_world import assemble_fills_world
 
     judge_model = load_fills_judge()
-    colors, fills = fw.COLOR_NAMES[:3], fw.FILLS
-
-    def truth(shape: str, color: str, fill: str) -> dict[str, str]:
-        return {"shape": shape, "color": color, "fill": fill}
+    colors = fw.COLOR_NAMES[:3]
 
     def samples(case: Case, seeds: int) -> list[Sample]:
-        rows: list[tuple[str, str, dict[str, str]]] = []
-        n = 0
-        if case.factor == "shape":
-            s = case.value
-            for c in colors:
-                for t in range(3):
-                    n += 1
-                    f = fills[n % len(fills)]
-                    rows.append((fw.caption(s, c, f, t), "target", truth(s, c, f)))
-                for w in (*fw.SYNONYMS[s], *fw.HELDOUT_WORDS[s]):
-                    n += 1
-                    f = fills[n % len(fills)]
-                    group = "synonym" if w in fw.SYNONYMS[s] else "heldout_word"
-                    rows.append((fw.caption(w, c, f, n), group, truth(s, c, f)))
-                for tpl in fw.HELDOUT_TEMPLATES:
-                    n += 1
-                    f = fills[n % len(fills)]
-                    rows.append((tpl.format(shape=s, color=c, fill=f), "heldout_template", truth(s, c, f)))
-                for o in fw.SHAPES:
-                    if o != s:
-                        n += 1
-                        f = fills[n % len(fills)]
-                        rows.append((fw.caption(o, c, f, n), "other", truth(o, c, f)))
-        elif case.factor == "color":
-            c = case.value
-            for s in fw.SHAPES:
-                for _ in range(2):
-                    n += 1
-                    f = fills[n % len(fills)]
-                    rows.append((fw.caption(s, c, f, n), "target", truth(s, c, f)))
-                for tpl in fw.HELDOUT_TEMPLATES[:2]:
-                    n += 1
-                    f = fills[n % len(fills)]
-                    rows.append((tpl.format(shape=s, color=c, fill=f), "heldout_template", truth(s, c, f)))
-                for o in fw.COLOR_NAMES:
-                    if o != c:
-                        n += 1
-                        f = fills[n % len(fills)]
-                        rows.append((fw.caption(s, o, f, n), "other", truth(s, o, f)))
-        else:  # a style: the artist names the fill
-            f = case.value
-            for s in fw.SHAPES:
-                for c in colors:
-                    n += 1
-                    rows.append((fw.caption(s, c, f, n, by_artist=True), "target", truth(s, c, f)))
-                    rows.append((fw.caption(s, c, f, n), "synonym", truth(s, c, f)))  # the fill's own word
-                for tpl in fw.HELDOUT_ARTIST_TEMPLATES:
-                    n += 1
-                    c = colors[n % len(colors)]
-                    prompt = tpl.format(shape=s, color=c, artist=case.concept)
-                    rows.append((prompt, "heldout_template", truth(s, c, f)))
-                for o in fills:
-                    if o != f:
-                        n += 1
-                        c = colors[n % len(colors)]
-                        rows.append((fw.caption(s, c, o, n, by_artist=True), "other", truth(s, c, o)))
-        return _seeded(rows, seeds, first_seed=40_000)
+        build = {"shape": _fills_shape_rows, "color": _fills_color_rows, "fill": _fills_style_rows}[case.factor]
+        return _seeded(build(case, _Turns(), colors), seeds, first_seed=40_000)
 
     def judge(images: torch.Tensor) -> dict[str, list[str]]:
         verdict = judge_fills(images, judge_model)
@@ -289,3 +231,78 @@ def fills_world() -> QualityWorld:
 
 WORLDS: dict[str, Callable[[], QualityWorld]] = {"shapes": shapes_world, "fills": fills_world}
 FACTORS: dict[str, tuple[str, ...]] = {"shapes": ("shape", "color"), "fills": ("shape", "color", "fill")}
+
+
+class _Turns:
+    """A counter that rotates fills, colours and caption templates across a sample grid, so each shows up."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def next(self, items: Sequence[str]) -> str:
+        self.n += 1
+        return items[self.n % len(items)]
+
+
+Row = tuple[str, str, dict[str, str]]
+
+
+def _fills_row(prompt: str, group: str, shape: str, color: str, fill: str) -> Row:
+    return prompt, group, {"shape": shape, "color": color, "fill": fill}
+
+
+def _fills_shape_rows(case: Case, turn: _Turns, colors: Sequence[str]) -> list[Row]:
+    from erasure_core.worlds import fills as fw
+
+    s, rows = case.value, []
+    for c in colors:
+        for t in range(3):
+            f = turn.next(fw.FILLS)
+            rows.append(_fills_row(fw.caption(s, c, f, t), "target", s, c, f))
+        for w in (*fw.SYNONYMS[s], *fw.HELDOUT_WORDS[s]):
+            f = turn.next(fw.FILLS)
+            group = "synonym" if w in fw.SYNONYMS[s] else "heldout_word"
+            rows.append(_fills_row(fw.caption(w, c, f, turn.n), group, s, c, f))
+        for tpl in fw.HELDOUT_TEMPLATES:
+            f = turn.next(fw.FILLS)
+            rows.append(_fills_row(tpl.format(shape=s, color=c, fill=f), "heldout_template", s, c, f))
+        for o in (o for o in fw.SHAPES if o != s):
+            f = turn.next(fw.FILLS)
+            rows.append(_fills_row(fw.caption(o, c, f, turn.n), "other", o, c, f))
+    return rows
+
+
+def _fills_color_rows(case: Case, turn: _Turns, colors: Sequence[str]) -> list[Row]:
+    from erasure_core.worlds import fills as fw
+
+    c, rows = case.value, []
+    for s in fw.SHAPES:
+        for _ in range(2):
+            f = turn.next(fw.FILLS)
+            rows.append(_fills_row(fw.caption(s, c, f, turn.n), "target", s, c, f))
+        for tpl in fw.HELDOUT_TEMPLATES[:2]:
+            f = turn.next(fw.FILLS)
+            rows.append(_fills_row(tpl.format(shape=s, color=c, fill=f), "heldout_template", s, c, f))
+        for o in (o for o in fw.COLOR_NAMES if o != c):
+            f = turn.next(fw.FILLS)
+            rows.append(_fills_row(fw.caption(s, o, f, turn.n), "other", s, o, f))
+    return rows
+
+
+def _fills_style_rows(case: Case, turn: _Turns, colors: Sequence[str]) -> list[Row]:
+    """A style: the artist (`case.concept`) names the fill (`case.value`); the fill's own word is its synonym."""
+    from erasure_core.worlds import fills as fw
+
+    f, rows = case.value, []
+    for s in fw.SHAPES:
+        for c in colors:
+            turn.n += 1
+            rows.append(_fills_row(fw.caption(s, c, f, turn.n, by_artist=True), "target", s, c, f))
+            rows.append(_fills_row(fw.caption(s, c, f, turn.n), "synonym", s, c, f))
+        for tpl in fw.HELDOUT_ARTIST_TEMPLATES:
+            c = turn.next(colors)
+            rows.append(_fills_row(tpl.format(shape=s, color=c, artist=case.concept), "heldout_template", s, c, f))
+        for o in (o for o in fw.FILLS if o != f):
+            c = turn.next(colors)
+            rows.append(_fills_row(fw.caption(s, c, o, turn.n, by_artist=True), "other", s, c, o))
+    return rows
