@@ -34,19 +34,30 @@ _FUSED_CACHE_SIZE = 64
 
 
 class _ModuleSlot:
-    """The forward hook of one module: adds the fused delta of the active set."""
+    """The forward hook of one module: adds the fused delta of the active set, then applies its guards.
+
+    Input-side deltas add B A x to the output (LoRA semantics, composing by addition). A guard acts on what the
+    layer produced, after every input-side delta: y <- y + G_B G_A (y - b). So a guard sees the layer's output
+    whatever the active deltas did to it, which is what lets a policy hold above erasures that remap another
+    concept onto the one it removes (see `erasure_core.methods.ice.guard`).
+    """
 
     def __init__(self, module: nn.Linear) -> None:
         self.module = module
         self.A: torch.Tensor | None = None  # [sum r, in]
         self.B: torch.Tensor | None = None  # [out, sum r], scales folded in
+        self.GA: torch.Tensor | None = None  # [sum k, out]
+        self.GB: torch.Tensor | None = None  # [out, sum k]
         self.handle = module.register_forward_hook(self)
 
     def __call__(self, module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-        if self.A is None or self.B is None:
-            return output
-        x = inputs[0]
-        return output + F.linear(F.linear(x, self.A), self.B)
+        if self.A is not None and self.B is not None:
+            output = output + F.linear(F.linear(inputs[0], self.A), self.B)
+        if self.GA is not None and self.GB is not None:
+            bias = self.module.bias
+            produced = output if bias is None else output - bias
+            output = output + F.linear(F.linear(produced, self.GA), self.GB)
+        return output
 
 
 class ErasureSet(tuple[str, ...]):
@@ -97,8 +108,10 @@ class AdapterHost:
         self.model = model
         self._slots: dict[str, _ModuleSlot] = {}
         self._attached: dict[str, dict[str, LowRankDelta]] = {}
+        self._guards: dict[str, dict[str, LowRankDelta]] = {}
         self._active = ErasureSet()
-        self._fused: OrderedDict[ErasureSet, dict[str, tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self._guarded = ErasureSet()
+        self._fused: OrderedDict[_Key, dict[str, _Factors]] = OrderedDict()
 
     @classmethod
     def for_model(cls, model: nn.Module) -> AdapterHost:
@@ -114,37 +127,60 @@ class AdapterHost:
         return tuple(self._attached)
 
     @property
+    def guards(self) -> tuple[str, ...]:
+        """Erasures that have a guard attached (see `attach_guard`)."""
+        return tuple(self._guards)
+
+    @property
     def active(self) -> ErasureSet:
         return self._active
+
+    @property
+    def guarded(self) -> ErasureSet:
+        """The active erasures whose guards are active too."""
+        return self._guarded
 
     @property
     def fused_nbytes(self) -> int:
         """Bytes held by fused copies of sets of two or more erasures (sets of one hold none)."""
         return sum(_nbytes(fused) for fused in self._fused.values())
 
-    def fused_cost(self, names: Iterable[str]) -> int:
-        """Bytes that activating `names` would add as a new fused copy (0 when cached or fewer than two)."""
-        key = ErasureSet(names)
-        if len(key) < 2 or key in self._fused:
-            return 0
-        return sum(d.A.nbytes + d.B.nbytes for n in key for d in self._attached[n].values())
+    def guard_factors(self, name: str) -> dict[str, LowRankDelta]:
+        """The attached guard of `name` (module -> output-side factors). Raises AdapterNotFoundError."""
+        if name not in self._guards:
+            raise AdapterNotFoundError(f"erasure {name!r} has no guard attached")
+        return dict(self._guards[name])
 
-    def drop_fused(self, keep: Iterable[str] = ()) -> int:
+    def guard_nbytes(self, name: str) -> int:
+        """Bytes held by the guard of `name` (0 without one)."""
+        return sum(d.A.nbytes + d.B.nbytes for d in self._guards.get(name, {}).values())
+
+    def fused_cost(self, names: Iterable[str], guarded: Iterable[str] = ()) -> int:
+        """Bytes that activating `names` would add as a new fused copy (0 when cached or not needed)."""
+        key = (ErasureSet(names), ErasureSet(guarded))
+        if not self._needs_fusing(key) or key in self._fused:
+            return 0
+        deltas = [d for n in key[0] for d in self._attached[n].values()]
+        deltas += [d for n in key[1] for d in self._guards[n].values()]
+        return sum(d.A.nbytes + d.B.nbytes for d in deltas)
+
+    def drop_fused(self, keep: Iterable[str] = (), keep_guarded: Iterable[str] = ()) -> int:
         """Drops every cached fused copy but `keep`'s (they are rebuilt on demand); returns the bytes released."""
-        keep_key = ErasureSet(keep)
+        keep_key = (ErasureSet(keep), ErasureSet(keep_guarded))
         released = 0
         for key in [k for k in self._fused if k != keep_key]:
             released += _nbytes(self._fused.pop(key))
         return released
 
-    def _prepare(self, name: str, artifact: ErasureArtifact) -> dict[str, LowRankDelta]:
+    def _prepare(self, name: str, deltas: dict[str, LowRankDelta], side: str = "input") -> dict[str, LowRankDelta]:
         prepared = {}
-        for module_name, delta in artifact.deltas.items():
+        for module_name, delta in deltas.items():
             module = get_linear(self.model, module_name)
             out_f, in_f = module.weight.shape
-            if delta.A.shape[1] != in_f or delta.B.shape[0] != out_f:
+            reads = out_f if side == "output" else in_f
+            if delta.A.shape[1] != reads or delta.B.shape[0] != out_f:
                 raise IncompatibleAdapterError(
-                    f"erasure {name!r}: module {module_name!r} is {out_f}x{in_f} but the delta is "
+                    f"erasure {name!r}: module {module_name!r} is {out_f}x{in_f} but the {side}-side delta is "
                     f"{delta.B.shape[0]}x{delta.A.shape[1]}"
                 )
             like = module.weight
@@ -155,6 +191,10 @@ class AdapterHost:
                 (delta.B * delta.scale).to(device=like.device, dtype=like.dtype).contiguous(),
             )
         return prepared
+
+    def _slot(self, module_name: str) -> None:
+        if module_name not in self._slots:
+            self._slots[module_name] = _ModuleSlot(get_linear(self.model, module_name))
 
     def attach(self, name: str, artifact: ErasureArtifact, expected_hash: str | None = None) -> bool:
         """Attaches an erasure under `name` (inactive). Returns False when that name is already attached.
@@ -169,51 +209,88 @@ class AdapterHost:
             raise IncompatibleAdapterError(
                 f"erasure {name!r} was computed for another base model (layer hash {base.get('layer_hash')!r})"
             )
-        prepared = self._prepare(name, artifact)
+        prepared = self._prepare(name, artifact.deltas)
         for module_name in prepared:
-            if module_name not in self._slots:
-                self._slots[module_name] = _ModuleSlot(get_linear(self.model, module_name))
+            self._slot(module_name)
         self._attached[name] = prepared
         return True
 
+    def attach_guard(self, name: str, deltas: dict[str, LowRankDelta]) -> None:
+        """Attaches the output-side guard of the attached erasure `name` (replacing one it had).
+
+        When `name` is activated as guarded, the guard takes the place of its input-side deltas on the guard's
+        modules (its other modules keep their deltas) and acts after every other active delta there.
+        """
+        if name not in self._attached:
+            raise AdapterNotFoundError(f"erasure {name!r} is not attached; attach it before its guard")
+        prepared = self._prepare(name, deltas, side="output")
+        for module_name in prepared:
+            self._slot(module_name)
+        self._guards[name] = prepared
+        self._forget_fused(name)
+        if name in self._guarded:
+            self.activate(self._active, self._guarded)
+
     def detach(self, name: str) -> bool:
-        """Detaches an erasure; if it was active, the active set loses it. Returns False if it was not attached."""
+        """Detaches an erasure (and its guard); if it was active, the active set loses it. Returns False if it was
+        not attached."""
         if name not in self._attached:
             return False
         if name in self._active:
-            self.activate([n for n in self._active if n != name])
+            self.activate([n for n in self._active if n != name], [n for n in self._guarded if n != name])
         del self._attached[name]
-        for key in [k for k in self._fused if name in k]:
-            del self._fused[key]
+        self._guards.pop(name, None)
+        self._forget_fused(name)
         return True
 
-    def _fuse(self, names: ErasureSet) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        if len(names) == 1:
-            return {m: (d.A, d.B) for m, d in self._attached[names[0]].items()}
-        cached = self._fused.get(names)
+    def _forget_fused(self, name: str) -> None:
+        for key in [k for k in self._fused if name in k[0]]:
+            del self._fused[key]
+
+    @staticmethod
+    def _needs_fusing(key: _Key) -> bool:
+        return len(key[0]) > 1 or bool(key[1])
+
+    def _fuse(self, key: _Key) -> dict[str, _Factors]:
+        names, guarded = key
+        if not self._needs_fusing(key):
+            return {m: (d.A, d.B, None, None) for m, d in self._attached[names[0]].items()}
+        cached = self._fused.get(key)
         if cached is not None:
-            self._fused.move_to_end(names)
+            self._fused.move_to_end(key)
             return cached
-        per_module: dict[str, list[LowRankDelta]] = {}
+        inputs: dict[str, list[LowRankDelta]] = {}
+        outputs: dict[str, list[LowRankDelta]] = {}
         for n in names:
+            replaced = self._guards[n] if n in guarded else {}
             for module_name, delta in self._attached[n].items():
-                per_module.setdefault(module_name, []).append(delta)
-        fused = {m: (torch.cat([d.A for d in ds]), torch.cat([d.B for d in ds], dim=1)) for m, ds in per_module.items()}
-        self._fused[names] = fused
+                if module_name not in replaced:
+                    inputs.setdefault(module_name, []).append(delta)
+            for module_name, delta in replaced.items():
+                outputs.setdefault(module_name, []).append(delta)
+        fused = {m: (*_cat(inputs.get(m)), *_cat(outputs.get(m))) for m in {*inputs, *outputs}}
+        self._fused[key] = fused
         if len(self._fused) > _FUSED_CACHE_SIZE:
             self._fused.popitem(last=False)
         return fused
 
-    def activate(self, names: Iterable[str]) -> None:
-        """Makes exactly `names` active (order-insensitive; duplicates ignored); `[]` restores the base model."""
-        key = ErasureSet(names)
-        missing = [n for n in key if n not in self._attached]
+    def activate(self, names: Iterable[str], guarded: Iterable[str] = ()) -> None:
+        """Makes exactly `names` active (order-insensitive; duplicates ignored); `[]` restores the base model.
+
+        `guarded` (a subset of `names`, each with a guard attached) are applied through their guards on the
+        guards' modules, after everything else active there.
+        """
+        key = (ErasureSet(names), ErasureSet(guarded))
+        missing = [n for n in key[0] if n not in self._attached]
         if missing:
             raise AdapterNotFoundError(f"erasures not attached: {missing}")
-        fused = self._fuse(key) if key else {}
+        unguarded = [n for n in key[1] if n not in key[0] or n not in self._guards]
+        if unguarded:
+            raise AdapterNotFoundError(f"guarded erasures must be active and have a guard attached: {unguarded}")
+        fused = self._fuse(key) if key[0] else {}
         for module_name, slot in self._slots.items():
-            slot.A, slot.B = fused.get(module_name, (None, None))
-        self._active = key
+            slot.A, slot.B, slot.GA, slot.GB = fused.get(module_name, (None, None, None, None))
+        self._active, self._guarded = key
 
     def close(self) -> None:
         """Removes every hook: the model is exactly as before the first attach."""
@@ -221,11 +298,23 @@ class AdapterHost:
             slot.handle.remove()
         self._slots.clear()
         self._attached.clear()
+        self._guards.clear()
         self._fused.clear()
         self._active = ErasureSet()
+        self._guarded = ErasureSet()
         if getattr(self.model, HOOK_ATTR, None) is self:
             object.__delattr__(self.model, HOOK_ATTR)
 
 
-def _nbytes(fused: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> int:
-    return sum(a.nbytes + b.nbytes for a, b in fused.values())
+_Key = tuple[ErasureSet, ErasureSet]  # (active erasures, those applied through their guards)
+_Factors = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
+
+
+def _cat(deltas: list[LowRankDelta] | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if not deltas:
+        return None, None
+    return torch.cat([d.A for d in deltas]), torch.cat([d.B for d in deltas], dim=1)
+
+
+def _nbytes(fused: dict[str, _Factors]) -> int:
+    return sum(t.nbytes for factors in fused.values() for t in factors if t is not None)

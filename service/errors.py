@@ -88,3 +88,16 @@ class QueueUnavailableError(ServiceError):
     """The Redis job queue cannot be reached: trained (queued) erasures cannot be accepted right now."""
 
     code = "queue_unavailable"
+
+
+class PolicyNotFoundError(ServiceError):
+    """`DELETE /v1/policies/{tenant}` names a tenant with no API-managed policy."""
+
+    code = "policy_not_found"
+
+
+class PolicyConflictError(ServiceError):
+    """An erasure's anchor is a concept the caller's mandatory policy removes: it would draw what the policy
+    removes from a prompt the policy does not cover."""
+
+    code = "anchor_in_policy"

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from erasure_core import __version__
-from service.api import erasures, health, images, models, videos
+from service.api import erasures, health, images, models, policies, videos
 from service.api.errors import register_error_handlers
 from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.pipelines import PipelinePool
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, pool: PipelinePool | None = Non
     app = FastAPI(title="Concept Erasure Service", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.runtime = runtime
     register_error_handlers(app)
-    for router in (erasures.router, images.router, videos.router, models.router, health.router):
+    for router in (erasures.router, images.router, videos.router, models.router, policies.router, health.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)

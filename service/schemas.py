@@ -273,3 +273,35 @@ class ErrorResponse(BaseModel):
     """Every error: a message, a stable snake_case code, and the HTTP status."""
 
     error: ErrorBody
+
+
+# -- the operator's policy (`/v1/policies`) ----------------------------------------------------------------------
+
+POLICY_TENANT_PATTERN = r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$"
+MAX_POLICY_ERASURES = 64
+
+
+class PolicyUpdate(BaseModel):
+    """The erasures every generation of a tenant must run with (replaces what the API had set for it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    erasures: list[str] = Field(min_length=1, max_length=MAX_POLICY_ERASURES, description="Erasure ids.")
+
+
+class PolicyPublic(BaseModel):
+    tenant: str = Field(description="A tenant, or `*` for every tenant.")
+    erasures: list[str]
+    source: Literal["settings", "api"] = Field(
+        description="`settings`: ERASURE_MANDATORY_ERASURES (read-only); `api`: set through this API."
+    )
+
+
+class PolicyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[PolicyPublic]
+
+
+class PolicyDeleted(BaseModel):
+    tenant: str
+    deleted: bool = True

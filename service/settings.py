@@ -179,7 +179,7 @@ class Settings(BaseSettings):
         if self.auth == "off" and self.api_keys:
             raise ValueError("ERASURE_AUTH=off but API keys are configured: remove the keys or turn auth on")
         if self.api_keys:  # a policy for a tenant no key belongs to is a typo that would silently apply to nobody
-            known = {*self.api_keys.values(), self.operator_tenant}
+            known = {*self.api_keys.values(), self.operator_tenant, "*"}  # '*': every tenant
             unknown = sorted(set(self.mandatory_erasures) - known)
             if unknown:
                 raise ValueError(

@@ -85,3 +85,37 @@ def test_layer_hash_tracks_weights(model: Tiny) -> None:
     with torch.no_grad():
         model.a.weight[0, 0] += 1
     assert layer_hash(model, ["a"]) != h
+
+
+def test_a_guard_acts_on_the_output_after_every_other_delta(model: Tiny) -> None:
+    """Guarded, an erasure's guard replaces its own deltas on the guard's modules and maps what the layer produced
+    (y - b, other erasures' deltas included): y <- y + G_B G_A (y - b). Its deltas elsewhere still apply."""
+    x = torch.randn(5, 8)
+    host = AdapterHost.for_model(model)
+    policy = ErasureArtifact({**_erasure(1).deltas, "b": _erasure(2, "b", shape=(4, 6)).deltas["b"]}, {})
+    tenant = _erasure(3)
+    host.attach("policy", policy)
+    host.attach("tenant", tenant)
+    g = torch.Generator().manual_seed(4)
+    guard = LowRankDelta(torch.randn(2, 6, generator=g), torch.randn(6, 2, generator=g))
+    with pytest.raises(AdapterNotFoundError):
+        host.activate(["policy", "tenant"], ["policy"])  # no guard attached yet
+    host.attach_guard("policy", {"a": guard})
+
+    host.activate(["policy", "tenant"], ["policy"])
+    with torch.no_grad():
+        produced = x @ (model.a.weight + tenant.deltas["a"].dense()).T
+        hidden = produced + model.a.bias + produced @ guard.dense().T
+        out = torch.tanh(hidden) @ (model.b.weight + policy.deltas["b"].dense()).T + model.b.bias
+        torch.testing.assert_close(model(x), out, rtol=1e-5, atol=1e-5)
+    assert host.guarded == ("policy",) and host.fused_nbytes > 0
+
+    host.activate(["policy", "tenant"])  # unguarded: plain addition, as before
+    with torch.no_grad():
+        hidden = x @ (model.a.weight + tenant.deltas["a"].dense() + policy.deltas["a"].dense()).T + model.a.bias
+        out = torch.tanh(hidden) @ (model.b.weight + policy.deltas["b"].dense()).T + model.b.bias
+        torch.testing.assert_close(model(x), out, rtol=1e-5, atol=1e-5)
+    host.detach("policy")
+    assert host.guards == () and host.active == ("tenant",)
+    host.activate([])
+    host.close()

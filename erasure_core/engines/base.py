@@ -24,6 +24,7 @@ from erasure_core.concepts import EVERYDAY_PROMPTS, ConceptSpec
 from erasure_core.expansion import LLMEndpoint
 from erasure_core.families import get_family
 from erasure_core.methods import MethodContext, Progress, get_method
+from erasure_core.methods.ice.guard import artifact_guard, guard_response
 from erasure_core.pipelines.loading import LoadedPipeline
 
 logger = logging.getLogger(__name__)
@@ -110,8 +111,18 @@ class ErasureEngine(ABC):
     def detach(self, name: str) -> bool:
         return self.host.detach(name)
 
-    def activate(self, names: Iterable[str]) -> None:
-        self.host.activate(names)
+    def guard(self, name: str, artifact: ErasureArtifact) -> None:
+        """Computes and attaches the output-side guard of the attached erasure `name` from the concept its
+        `artifact` records (`erasure_core.methods.ice.guard`): activated as guarded, the erasure then holds above
+        every other active delta on the text-conditioning layers. Reads only the base weights and text encoders."""
+        self.host.attach_guard(name, artifact_guard(self.context, artifact))
+
+    def guard_response(self, name: str, prompts: Sequence[str]) -> float:
+        """How far the guard of `name` moves the text-conditioning outputs of `prompts` (see `guard_response`)."""
+        return guard_response(self.context, self.host.guard_factors(name), list(prompts))
+
+    def activate(self, names: Iterable[str], guarded: Iterable[str] = ()) -> None:
+        self.host.activate(names, guarded)
 
     @property
     def active(self) -> ErasureSet:
@@ -125,9 +136,11 @@ class ErasureEngine(ABC):
         seeds: Sequence[int],
         params: GenerationParams | None = None,
         erasures: Iterable[str] = (),
+        guarded: Iterable[str] = (),
     ) -> torch.Tensor:
-        """Generates with exactly `erasures` active (none by default): one output per (prompt, seed)."""
-        self.host.activate(erasures)
+        """Generates with exactly `erasures` active (none by default; `guarded` of them through their guards): one
+        output per (prompt, seed)."""
+        self.host.activate(erasures, guarded)
         return self.generate_active(prompts, seeds, params)
 
     @abstractmethod

@@ -39,6 +39,8 @@ from service.errors import (
     NotReadyError,
     OverloadedError,
     PayloadTooLargeError,
+    PolicyConflictError,
+    PolicyNotFoundError,
     QueueUnavailableError,
     UnauthorizedError,
 )
@@ -57,6 +59,8 @@ STATUS: dict[type[ErasureError], int] = {
     ModelNotFoundError: 404,
     ErasureNotReadyError: 409,
     ErasureInPolicyError: 409,
+    PolicyConflictError: 409,
+    PolicyNotFoundError: 404,
     IncompatibleAdapterError: 409,
     ArtifactError: 409,
     InvalidLoraError: 422,  # a LoRA given for import (`method: import`) is unusable

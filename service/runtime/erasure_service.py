@@ -19,7 +19,13 @@ from safetensors.torch import save
 from erasure_core.concepts import ConceptSpec
 from erasure_core.errors import NoMatchingModuleError
 from erasure_core.methods import get_method
-from service.errors import ErasureNotFoundError, ErasureNotReadyError, InvalidRequestError, QueueUnavailableError
+from service.errors import (
+    ErasureNotFoundError,
+    ErasureNotReadyError,
+    InvalidRequestError,
+    PolicyConflictError,
+    QueueUnavailableError,
+)
 from service.jobs.runner import JobRunner
 from service.pipelines import PipelineHandle, PipelinePool
 from service.runtime.adapter_manager import AdapterManager
@@ -102,6 +108,7 @@ class ErasureService:
         _check_lora_targets(handle, config)
         # What the config points at (an imported LoRA) is read and checked against the model before any write.
         await asyncio.to_thread(method.check_config, handle.engine.context, config)
+        await self._check_policy(principal, request.model, spec, method.name)
         if method.trained:
             self.runner.check_available()  # QueueUnavailableError (503) before anything is written
         record = ErasureRecord(
@@ -121,6 +128,27 @@ class ErasureService:
             self.store.delete(record.id)  # a rejected request leaves nothing behind
             raise
         return self.store.get(record.id)
+
+    async def _check_policy(self, principal: Principal, model: str, spec: ConceptSpec, method: str) -> None:
+        """Refuses, before anything is written, what would undo the caller's mandatory policy: a LoRA import (it can
+        draw anything, in layers no guard reaches) and an anchor that a mandatory erasure removes."""
+        mandatory = [i for i in self.tenancy.mandatory(principal) if (r := self.store.find(i)) and r.model == model]
+        if not mandatory or principal.is_operator:
+            return
+        if method == "import":
+            raise PolicyConflictError(
+                "a tenant under a mandatory policy cannot import LoRAs (a foreign LoRA could draw what the policy "
+                "removes); ask the operator to import it"
+            )
+        manager = self.managers.get(model)
+        if spec.anchor is None or manager is None:
+            return
+        conflicts = await asyncio.to_thread(manager.anchor_conflicts, spec.anchor, mandatory)
+        if conflicts:
+            raise PolicyConflictError(
+                f"anchor {spec.anchor!r} is a concept your mandatory policy removes ({', '.join(conflicts)}); "
+                "an erasure mapped onto it would draw it"
+            )
 
     def get(self, principal: Principal, erasure_id: str) -> ErasureRecord:
         """The record, if it exists and the caller may see it; otherwise ErasureNotFoundError (never 'forbidden')."""

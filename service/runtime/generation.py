@@ -11,7 +11,13 @@ import logging
 import secrets
 
 from erasure_core.adapters import ErasureSet
-from service.errors import ErasureNotFoundError, ErasureNotReadyError, InvalidRequestError, PayloadTooLargeError
+from service.errors import (
+    ErasureNotFoundError,
+    ErasureNotReadyError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    PolicyConflictError,
+)
 from service.pipelines import ModelDefaults, PipelinePool
 from service.runtime.scheduler import GenerationScheduler
 from service.runtime.tenancy import Principal, Tenancy
@@ -92,6 +98,7 @@ class GenerationService:
             if record.status != JobStatus.succeeded:
                 raise ErasureNotReadyError(f"erasure {erasure_id} is {record.status.value}, not ready")
             chosen.add(erasure_id)
+        mandatory: set[str] = set()
         for erasure_id in self.tenancy.mandatory(principal):
             record = self.store.find(erasure_id)
             if record is not None and record.model != model:
@@ -99,5 +106,18 @@ class GenerationService:
             if record is None or record.status != JobStatus.succeeded:
                 logger.error("mandatory erasure %s for tenant %s is unavailable", erasure_id, principal.tenant)
                 raise ErasureNotReadyError(f"a mandatory erasure ({erasure_id}) required by policy is not available")
-            chosen.add(erasure_id)
-        return ErasureSet(chosen)
+            mandatory.add(erasure_id)
+        self._check_imports(chosen - mandatory, mandatory)
+        return ErasureSet(chosen | mandatory)
+
+    def _check_imports(self, requested: set[str], mandatory: set[str]) -> None:
+        """A tenant's imported LoRA never runs under a mandatory policy (it could draw what the policy removes in
+        layers no guard reaches); the operator's imports may. Anchors are checked where the set is activated."""
+        if not mandatory:
+            return
+        for erasure_id in sorted(requested):
+            record = self.store.find(erasure_id)
+            if record is not None and record.method == "import" and record.tenant != self.tenancy.operator:
+                raise PolicyConflictError(
+                    f"erasure {erasure_id} is a tenant's imported LoRA; it cannot be used under a mandatory policy"
+                )

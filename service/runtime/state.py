@@ -21,6 +21,8 @@ from service.runtime.adapter_manager import AdapterManager
 from service.runtime.erasure_service import ErasureService
 from service.runtime.image_service import ImageService
 from service.runtime.models import ModelCatalog, ServedModel
+from service.runtime.policy import PolicyBook
+from service.runtime.policy_service import PolicyService
 from service.runtime.scheduler import GenerationScheduler
 from service.runtime.tenancy import Tenancy
 from service.runtime.video_service import VideoService
@@ -36,7 +38,8 @@ class ServiceRuntime:
     def __init__(self, settings: Settings, pool: PipelinePool | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.tenancy = Tenancy(settings)
+        self.policy = PolicyBook(settings)
+        self.tenancy = Tenancy(settings, self.policy)
         self.store = ErasureStore(settings.data_dir)
         self.pool = pool or PipelinePool()
         self.runner: JobRunner = create_runner(settings, self.pool, self.store, self.metrics)
@@ -46,6 +49,7 @@ class ServiceRuntime:
         self.erasures = ErasureService(
             self.pool, self.store, self.runner, self.tenancy, self.managers, import_dir=settings.import_dir
         )
+        self.policies = PolicyService(self.policy, self.store, self.tenancy)
         self.images = ImageService(settings, self.pool, self.store, self.tenancy, self.schedulers)
         self.videos = VideoService(settings, self.pool, self.store, self.tenancy, self.schedulers)
         self.catalog = ModelCatalog(settings, self.pool, preloaded=pool is not None, created=int(time.time()))
@@ -56,10 +60,10 @@ class ServiceRuntime:
     async def start(self) -> None:
         # Unfinished jobs are not failed: they resume once the pipelines are loaded (or on the queue's workers).
         self.store.recover(interrupt_unfinished=False, shared=bool(self.settings.redis_url))
-        for tenant, ids in self.settings.mandatory_erasures.items():
-            missing = [i for i in ids if self.store.find(i) is None]
+        for entry in self.policy.entries():
+            missing = [i for i in entry.erasures if self.store.find(i) is None]
             if missing:
-                logger.warning("mandatory erasures for tenant %s do not exist yet: %s", tenant, missing)
+                logger.warning("mandatory erasures for tenant %s do not exist yet: %s", entry.tenant, missing)
         self._startup = asyncio.get_running_loop().create_task(self._load_and_warm(), name="startup")
 
     async def _load_and_warm(self) -> None:
@@ -69,7 +73,9 @@ class ServiceRuntime:
                 loaded = await asyncio.to_thread(PipelinePool.load, self.settings)
                 self.pool.handles.update(loaded.handles)
             for name, handle in self.pool.handles.items():
-                manager = AdapterManager(handle, self.store, self.settings.adapter_cache_bytes, self.metrics)
+                manager = AdapterManager(
+                    handle, self.store, self.settings.adapter_cache_bytes, self.metrics, self.policy.erasure_ids
+                )
                 self.managers[name] = manager
                 scheduler = GenerationScheduler(manager, self.metrics, self.settings.max_queue, self.settings.max_skips)
                 scheduler.start()

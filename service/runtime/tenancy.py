@@ -15,7 +15,8 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from service.errors import ErasureInPolicyError, ForbiddenError, UnauthorizedError
+from service.errors import ErasureInPolicyError, ForbiddenError, InvalidRequestError, UnauthorizedError
+from service.runtime.policy import ALL_TENANTS, PolicyBook
 from service.settings import HASHED_KEY_PREFIX, Settings
 from service.store import ErasureRecord
 
@@ -29,10 +30,40 @@ class Principal:
 
 
 class Tenancy:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, policy: PolicyBook | None = None) -> None:
         self.settings = settings
         self.operator = settings.operator_tenant
+        self.policy = policy or PolicyBook(settings)
         self._keys = [(_digest(key), tenant) for key, tenant in settings.api_keys.items()]
+
+    @property
+    def tenants(self) -> frozenset[str]:
+        """Every tenant a caller can be: the owners of the API keys and the operator (with auth off: the default
+        tenant)."""
+        if not self.settings.auth_enabled:
+            return frozenset({self.settings.default_tenant})
+        return frozenset({*(tenant for _, tenant in self._keys), self.operator})
+
+    def require_operator(self, principal: Principal) -> None:
+        if not principal.is_operator:
+            raise ForbiddenError("only the operator may do this")
+
+    def check_policy_tenant(self, tenant: str) -> None:
+        """A policy is for a known tenant or for all (`*`): a typo must not silently apply to nobody."""
+        if tenant != ALL_TENANTS and tenant not in self.tenants:
+            raise InvalidRequestError(
+                f"unknown tenant {tenant!r}: a policy names a tenant an API key belongs to, or '*' for every tenant"
+            )
+
+    def check_policy_erasure(self, tenant: str, record: ErasureRecord) -> None:
+        """A policy may name only erasures its tenants can see: the operator's (operator-wide), or for one tenant
+        that tenant's own (never another tenant's: the response lists the erasures applied)."""
+        if record.tenant == self.operator or (tenant != ALL_TENANTS and record.tenant == tenant):
+            return
+        raise InvalidRequestError(
+            f"erasure {record.id} belongs to another tenant; a policy for {tenant!r} may name operator-wide "
+            "erasures or that tenant's own"
+        )
 
     def authenticate(self, api_key: str | None) -> Principal:
         """The caller of a request carrying `api_key` (None when absent). Raises UnauthorizedError."""
@@ -61,16 +92,16 @@ class Tenancy:
         fail)."""
         if not (principal.is_operator or record.tenant == principal.tenant):
             raise ForbiddenError(f"erasure {record.id} is operator-wide; only the operator can delete it")
-        named_by = sorted(t for t, ids in self.settings.mandatory_erasures.items() if record.id in ids)
+        named_by = self.policy.naming(record.id)
         if named_by:
             raise ErasureInPolicyError(
-                f"erasure {record.id} is mandatory (ERASURE_MANDATORY_ERASURES) for {len(named_by)} tenant(s); "
+                f"erasure {record.id} is mandatory for {len(named_by)} tenant(s) (the operator's policy); "
                 "remove it from the policy before deleting it"
             )
 
     def mandatory(self, principal: Principal) -> list[str]:
         """Erasure ids the operator's policy applies to every generation of this tenant."""
-        return list(self.settings.mandatory_erasures.get(principal.tenant, []))
+        return self.policy.mandatory(principal.tenant)
 
 
 def _digest(key: str) -> bytes:

@@ -22,6 +22,8 @@ def test_spec_documents_every_route() -> None:
         "/v1/videos/generations",
         "/v1/models",
         "/v1/models/{model}",
+        "/v1/policies",
+        "/v1/policies/{tenant}",
         "/healthz",
         "/readyz",
         "/metrics",
