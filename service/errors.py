@@ -101,3 +101,13 @@ class PolicyConflictError(ServiceError):
     removes from a prompt the policy does not cover."""
 
     code = "anchor_in_policy"
+
+
+class QuotaExceededError(ServiceError):
+    """The tenant is over one of its quotas; `retry_after` says in how many seconds to try again."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)

@@ -143,6 +143,9 @@ class Metrics:
         self.queue_depth = Gauge("erasure_queue_depth", "Generation requests waiting, by model.")
         self.erasures = Counter("erasure_erasures_created_total", "Erasures created, by method and outcome.")
         self.rejected = Counter("erasure_overloaded_total", "Generation requests refused because the queue was full.")
+        self.dropped = Counter(
+            "erasure_generations_dropped_total", "Queued generation requests dropped because their client went away."
+        )
 
     def all(self) -> list[_Metric]:
         return [m for m in vars(self).values() if isinstance(m, _Metric)]

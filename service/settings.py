@@ -17,6 +17,7 @@ from erasure_core.expansion import LLMEndpoint
 
 _SIZE = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
 MIN_API_KEY_CHARS = 16
+QUOTA_FIELDS = ("cost_per_window", "max_request_cost", "max_jobs", "max_erasures", "max_bytes")
 HASHED_KEY_PREFIX = "sha256:"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -112,6 +113,17 @@ class Settings(BaseSettings):
     max_fps: int = Field(default=60, ge=1)
     default_fps: int = Field(default=24, ge=1)
 
+    # Per-tenant quotas (the operator tenant is exempt; 0 turns a limit off). A generation costs width x height x
+    # steps x images (or frames) / 1e6, "megapixel-steps": FLUX.1 at 1024x1024, 28 steps, 4 images costs 117.
+    # `tenant_quotas` (JSON) overrides any of them per tenant: {"alice": {"cost_per_window": 100, "max_jobs": 1}}.
+    quota_cost_per_window: float = Field(default=4000.0, ge=0)
+    quota_window_s: float = Field(default=60.0, gt=0, le=86400)
+    quota_max_request_cost: float = Field(default=2000.0, ge=0)
+    quota_max_jobs: int = Field(default=4, ge=0)
+    quota_max_erasures: int = Field(default=1000, ge=0)
+    quota_max_bytes: int = Field(default=10 * 1024**3, ge=0)
+    tenant_quotas: dict[str, dict[str, float]] = Field(default_factory=dict)
+
     # Runtime.
     adapter_cache_bytes: int = Field(default=2 * 1024**3, ge=1)
     max_queue: int = Field(default=256, ge=1)
@@ -126,6 +138,18 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("ERASURE_API_KEYS is set but blank: give keys, or unset it")
         return _parse_keys(value, source="ERASURE_API_KEYS")
+
+    @field_validator("tenant_quotas")
+    @classmethod
+    def _check_tenant_quotas(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for tenant, limits in value.items():
+            unknown = sorted(set(limits) - set(QUOTA_FIELDS))
+            if unknown:
+                raise ValueError(f"tenant_quotas[{tenant!r}]: unknown limits {unknown}; known: {list(QUOTA_FIELDS)}")
+            negative = sorted(k for k, v in limits.items() if not v >= 0)
+            if negative:
+                raise ValueError(f"tenant_quotas[{tenant!r}]: limits must be >= 0: {negative}")
+        return value
 
     @field_validator("flux_default_size", "open_sora_default_size")
     @classmethod

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from erasure_core.errors import (
@@ -26,6 +26,7 @@ from erasure_core.errors import (
     ModelLoadError,
     NoMatchingModuleError,
 )
+from service.api.disconnect import CLIENT_CLOSED, ClientDisconnected
 from service.errors import (
     CapacityError,
     ErasureFailedError,
@@ -42,6 +43,7 @@ from service.errors import (
     PolicyConflictError,
     PolicyNotFoundError,
     QueueUnavailableError,
+    QuotaExceededError,
     UnauthorizedError,
 )
 from service.schemas import ErrorResponse
@@ -66,6 +68,7 @@ STATUS: dict[type[ErasureError], int] = {
     InvalidLoraError: 422,  # a LoRA given for import (`method: import`) is unusable
     PayloadTooLargeError: 413,
     OverloadedError: 429,
+    QuotaExceededError: 429,
     ErasureFailedError: 500,
     NoMatchingModuleError: 500,
     ExpansionError: 502,
@@ -102,6 +105,8 @@ async def _erasure_error(request: Request, exc: Exception) -> JSONResponse:
     if status >= 500 and not isinstance(exc, NotReadyError):  # not_ready is an expected state while loading
         logger.error("%s %s failed: %s: %s", request.method, request.url.path, exc.code, exc)
     headers = {"Retry-After": "1"} if isinstance(exc, OverloadedError | NotReadyError) else None
+    if isinstance(exc, QuotaExceededError):
+        headers = {"Retry-After": str(exc.retry_after)}
     if isinstance(exc, UnauthorizedError):
         headers = {"WWW-Authenticate": "Bearer"}
     return error_response(status, exc.code, str(exc), headers)
@@ -129,6 +134,11 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail))
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """Nobody will read it: an empty answer with the status nginx uses for "client closed request"."""
+    return Response(status_code=CLIENT_CLOSED)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error in %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal error")
@@ -138,4 +148,5 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ErasureError, _erasure_error)
+    app.add_exception_handler(ClientDisconnected, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from service.api.deps import PrincipalDep, ReadyRuntimeDep
+from service.api.disconnect import unless_disconnected
 from service.api.errors import ERROR_RESPONSES
 from service.schemas import VideoData, VideoGenerationRequest, VideoGenerationResponse
 
@@ -13,10 +14,10 @@ router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
 @router.post("/generations", response_model=VideoGenerationResponse, responses=ERROR_RESPONSES)
 async def create_video(
-    body: VideoGenerationRequest, principal: PrincipalDep, runtime: ReadyRuntimeDep
+    body: VideoGenerationRequest, principal: PrincipalDep, runtime: ReadyRuntimeDep, request: Request
 ) -> VideoGenerationResponse:
     """Generate one clip with exactly the requested erasures (plus the tenant's mandatory ones) active."""
-    result = await runtime.videos.generate(principal, body)
+    result = await unless_disconnected(request, runtime.videos.generate(principal, body))
     return VideoGenerationResponse(
         created=result.created,
         data=[VideoData(b64_json=item.b64_json, format=item.format) for item in result.items],  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from service.errors import (
 from service.jobs.runner import JobRunner
 from service.pipelines import PipelineHandle, PipelinePool
 from service.runtime.adapter_manager import AdapterManager
+from service.runtime.quotas import Quotas
 from service.runtime.tenancy import Principal, Tenancy
 from service.schemas import ErasureCreate
 from service.store import ErasureRecord, ErasureStore, JobStatus, RecordFinishedError, is_valid_id, new_id
@@ -87,8 +88,10 @@ class ErasureService:
         runner: JobRunner,
         tenancy: Tenancy,
         managers: dict[str, AdapterManager],
+        quotas: Quotas,
         import_dir: Path | None = None,
     ) -> None:
+        self.quotas = quotas
         self.pool = pool
         self.store = store
         self.runner = runner
@@ -109,6 +112,7 @@ class ErasureService:
         # What the config points at (an imported LoRA) is read and checked against the model before any write.
         await asyncio.to_thread(method.check_config, handle.engine.context, config)
         await self._check_policy(principal, request.model, spec, method.name)
+        self.quotas.check_new_erasure(principal, method.trained)
         if method.trained:
             self.runner.check_available()  # QueueUnavailableError (503) before anything is written
         record = ErasureRecord(

@@ -19,6 +19,7 @@ from service.errors import (
     PolicyConflictError,
 )
 from service.pipelines import ModelDefaults, PipelinePool
+from service.runtime.quotas import Quotas
 from service.runtime.scheduler import GenerationScheduler
 from service.runtime.tenancy import Principal, Tenancy
 from service.settings import Settings, parse_size
@@ -37,7 +38,9 @@ class GenerationService:
         store: ErasureStore,
         tenancy: Tenancy,
         schedulers: dict[str, GenerationScheduler],
+        quotas: Quotas,
     ) -> None:
+        self.quotas = quotas
         self.settings = settings
         self.pool = pool
         self.store = store

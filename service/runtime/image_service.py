@@ -14,6 +14,7 @@ from erasure_core.engines import GenerationParams
 from erasure_core.media import to_png_bytes
 from service.errors import InvalidRequestError, ModelNotAvailableError
 from service.runtime.generation import GenerationService
+from service.runtime.quotas import generation_cost
 from service.runtime.tenancy import Principal
 from service.schemas import MAX_SEED, ImageGenerationRequest
 
@@ -54,6 +55,7 @@ class ImageService(GenerationService):
         seed = self._seed(request.seed)
         if seed + n - 1 > MAX_SEED:
             raise InvalidRequestError(f"seed + n - 1 must not exceed {MAX_SEED}")
+        self.quotas.charge_generation(principal, generation_cost(width, height, params.steps, n))
         images = await self.schedulers[request.model].submit(
             erasures, [request.prompt] * n, [seed + i for i in range(n)], params
         )

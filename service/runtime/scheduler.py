@@ -88,7 +88,16 @@ class GenerationScheduler:
         job.future = asyncio.get_running_loop().create_future()
         self._pending.append(job)
         self._wakeup.set()
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            # The caller went away (its client disconnected): work not started yet is dropped and frees its slot
+            # now; work already running finishes (a run cannot be interrupted) and its result is discarded.
+            if job in self._pending:
+                self._pending.remove(job)
+                self.metrics.dropped.inc(model=self.model)
+                logger.info("dropped a queued %s request: its client went away", self.model)
+            raise
 
     def pick(self) -> GenerationJob:
         """Removes and returns the next job: the oldest with the active set, unless the oldest waited too long."""

@@ -23,6 +23,7 @@ from service.runtime.image_service import ImageService
 from service.runtime.models import ModelCatalog, ServedModel
 from service.runtime.policy import PolicyBook
 from service.runtime.policy_service import PolicyService
+from service.runtime.quotas import Quotas
 from service.runtime.scheduler import GenerationScheduler
 from service.runtime.tenancy import Tenancy
 from service.runtime.video_service import VideoService
@@ -46,12 +47,13 @@ class ServiceRuntime:
         self._preloaded = pool is not None
         self.managers: dict[str, AdapterManager] = {}
         self.schedulers: dict[str, GenerationScheduler] = {}
+        self.quotas = Quotas(settings, self.store)
         self.erasures = ErasureService(
-            self.pool, self.store, self.runner, self.tenancy, self.managers, import_dir=settings.import_dir
+            self.pool, self.store, self.runner, self.tenancy, self.managers, self.quotas, settings.import_dir
         )
         self.policies = PolicyService(self.policy, self.store, self.tenancy)
-        self.images = ImageService(settings, self.pool, self.store, self.tenancy, self.schedulers)
-        self.videos = VideoService(settings, self.pool, self.store, self.tenancy, self.schedulers)
+        self.images = ImageService(settings, self.pool, self.store, self.tenancy, self.schedulers, self.quotas)
+        self.videos = VideoService(settings, self.pool, self.store, self.tenancy, self.schedulers, self.quotas)
         self.catalog = ModelCatalog(settings, self.pool, preloaded=pool is not None, created=int(time.time()))
         self.ready = False
         self.failure: str | None = None

@@ -21,6 +21,7 @@ from erasure_core.media import to_gif_bytes, to_mp4_bytes, to_png_bytes, to_webp
 from service.errors import InvalidRequestError, ModelNotAvailableError
 from service.pipelines import ModelDefaults
 from service.runtime.generation import GenerationService
+from service.runtime.quotas import generation_cost
 from service.runtime.tenancy import Principal
 from service.schemas import VideoGenerationRequest
 
@@ -76,6 +77,7 @@ class VideoService(GenerationService):
         )
         erasures = self.resolve_erasures(principal, request.erasures, request.model)
         seed = self._seed(request.seed)
+        self.quotas.charge_generation(principal, generation_cost(width, height, params.steps, num_frames))
         clips = await self.schedulers[request.model].submit(erasures, [request.prompt], [seed], params)
         items = await asyncio.to_thread(encode_clip, clips[0], request.response_format, fps)
         return VideoResult(int(time.time()), items, list(erasures), seed, f"{width}x{height}", num_frames, fps)
