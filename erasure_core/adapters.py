@@ -34,7 +34,7 @@ _FUSED_CACHE_SIZE = 64
 
 
 class _ModuleSlot:
-    """The forward hook of one module: adds the fused delta of the active set, then applies its guards.
+    """The forward hook of one module: adds the fused delta of the active set, then applies its guard.
 
     Input-side deltas add B A x to the output (LoRA semantics, composing by addition). A guard acts on what the
     layer produced, after every input-side delta: y <- y + G_B G_A (y - b). So a guard sees the layer's output
@@ -46,17 +46,16 @@ class _ModuleSlot:
         self.module = module
         self.A: torch.Tensor | None = None  # [sum r, in]
         self.B: torch.Tensor | None = None  # [out, sum r], scales folded in
-        self.GA: torch.Tensor | None = None  # [sum k, out]
-        self.GB: torch.Tensor | None = None  # [out, sum k]
+        self.guards: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()  # (G_A [k, out], G_B [out, k])
         self.handle = module.register_forward_hook(self)
 
     def __call__(self, module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         if self.A is not None and self.B is not None:
             output = output + F.linear(F.linear(inputs[0], self.A), self.B)
-        if self.GA is not None and self.GB is not None:
-            bias = self.module.bias
+        bias = self.module.bias
+        for g_a, g_b in self.guards:
             produced = output if bias is None else output - bias
-            output = output + F.linear(F.linear(produced, self.GA), self.GB)
+            output = output + F.linear(F.linear(produced, g_a), g_b)
         return output
 
 
@@ -108,7 +107,7 @@ class AdapterHost:
         self.model = model
         self._slots: dict[str, _ModuleSlot] = {}
         self._attached: dict[str, dict[str, LowRankDelta]] = {}
-        self._guards: dict[str, dict[str, LowRankDelta]] = {}
+        self._guards: dict[ErasureSet, dict[str, LowRankDelta]] = {}  # by the erasures each guard covers
         self._active = ErasureSet()
         self._guarded = ErasureSet()
         self._fused: OrderedDict[_Key, dict[str, _Factors]] = OrderedDict()
@@ -127,8 +126,8 @@ class AdapterHost:
         return tuple(self._attached)
 
     @property
-    def guards(self) -> tuple[str, ...]:
-        """Erasures that have a guard attached (see `attach_guard`)."""
+    def guards(self) -> tuple[ErasureSet, ...]:
+        """The sets of erasures that have a guard attached (see `attach_guard`)."""
         return tuple(self._guards)
 
     @property
@@ -145,24 +144,17 @@ class AdapterHost:
         """Bytes held by fused copies of sets of two or more erasures (sets of one hold none)."""
         return sum(_nbytes(fused) for fused in self._fused.values())
 
-    def guard_factors(self, name: str) -> dict[str, LowRankDelta]:
-        """The attached guard of `name` (module -> output-side factors). Raises AdapterNotFoundError."""
-        if name not in self._guards:
-            raise AdapterNotFoundError(f"erasure {name!r} has no guard attached")
-        return dict(self._guards[name])
-
-    def guard_nbytes(self, name: str) -> int:
-        """Bytes held by the guard of `name` (0 without one)."""
-        return sum(d.A.nbytes + d.B.nbytes for d in self._guards.get(name, {}).values())
+    @property
+    def guard_nbytes(self) -> int:
+        """Bytes held by attached guards."""
+        return sum(d.A.nbytes + d.B.nbytes for guard in self._guards.values() for d in guard.values())
 
     def fused_cost(self, names: Iterable[str], guarded: Iterable[str] = ()) -> int:
         """Bytes that activating `names` would add as a new fused copy (0 when cached or not needed)."""
         key = (ErasureSet(names), ErasureSet(guarded))
         if not self._needs_fusing(key) or key in self._fused:
             return 0
-        deltas = [d for n in key[0] for d in self._attached[n].values()]
-        deltas += [d for n in key[1] for d in self._guards[n].values()]
-        return sum(d.A.nbytes + d.B.nbytes for d in deltas)
+        return sum(d.A.nbytes + d.B.nbytes for n in key[0] for d in self._attached[n].values())
 
     def drop_fused(self, keep: Iterable[str] = (), keep_guarded: Iterable[str] = ()) -> int:
         """Drops every cached fused copy but `keep`'s (they are rebuilt on demand); returns the bytes released."""
@@ -215,21 +207,36 @@ class AdapterHost:
         self._attached[name] = prepared
         return True
 
-    def attach_guard(self, name: str, deltas: dict[str, LowRankDelta]) -> None:
-        """Attaches the output-side guard of the attached erasure `name` (replacing one it had).
+    def attach_guard(self, covers: Iterable[str], deltas: dict[str, LowRankDelta]) -> None:
+        """Attaches the output-side guard of the attached erasures `covers` (one guard solved for all of them).
 
-        When `name` is activated as guarded, the guard takes the place of its input-side deltas on the guard's
-        modules (its other modules keep their deltas) and acts after every other active delta there.
+        Activated with `guarded=covers`, the guard takes the place of their input-side deltas on the guard's
+        modules (their other modules keep their deltas) and acts after every other active delta there.
         """
-        if name not in self._attached:
-            raise AdapterNotFoundError(f"erasure {name!r} is not attached; attach it before its guard")
-        prepared = self._prepare(name, deltas, side="output")
+        key = ErasureSet(covers)
+        missing = [n for n in key if n not in self._attached]
+        if not key or missing:
+            raise AdapterNotFoundError(f"a guard covers attached erasures; not attached: {missing}")
+        prepared = self._prepare(",".join(key), deltas, side="output")
         for module_name in prepared:
             self._slot(module_name)
-        self._guards[name] = prepared
-        self._forget_fused(name)
-        if name in self._guarded:
+        self._guards[key] = prepared
+        for fused_key in [k for k in self._fused if k[1] == key]:
+            del self._fused[fused_key]
+        if key == self._guarded:
             self.activate(self._active, self._guarded)
+
+    def detach_guard(self, covers: Iterable[str]) -> bool:
+        """Detaches the guard of `covers` (not while it is active). Returns False if there was none."""
+        key = ErasureSet(covers)
+        if key not in self._guards:
+            return False
+        if key == self._guarded:
+            raise AdapterNotFoundError(f"the guard of {list(key)} is active; activate another set first")
+        del self._guards[key]
+        for fused_key in [k for k in self._fused if k[1] == key]:
+            del self._fused[fused_key]
+        return True
 
     def detach(self, name: str) -> bool:
         """Detaches an erasure (and its guard); if it was active, the active set loses it. Returns False if it was
@@ -239,7 +246,8 @@ class AdapterHost:
         if name in self._active:
             self.activate([n for n in self._active if n != name], [n for n in self._guarded if n != name])
         del self._attached[name]
-        self._guards.pop(name, None)
+        for key in [k for k in self._guards if name in k]:
+            del self._guards[key]
         self._forget_fused(name)
         return True
 
@@ -254,21 +262,18 @@ class AdapterHost:
     def _fuse(self, key: _Key) -> dict[str, _Factors]:
         names, guarded = key
         if not self._needs_fusing(key):
-            return {m: (d.A, d.B, None, None) for m, d in self._attached[names[0]].items()}
+            return {m: (d.A, d.B, ()) for m, d in self._attached[names[0]].items()}
         cached = self._fused.get(key)
         if cached is not None:
             self._fused.move_to_end(key)
             return cached
         inputs: dict[str, list[LowRankDelta]] = {}
-        outputs: dict[str, list[LowRankDelta]] = {}
+        guard = self._guards[guarded] if guarded else {}
         for n in names:
-            replaced = self._guards[n] if n in guarded else {}
             for module_name, delta in self._attached[n].items():
-                if module_name not in replaced:
+                if not (n in guarded and module_name in guard):
                     inputs.setdefault(module_name, []).append(delta)
-            for module_name, delta in replaced.items():
-                outputs.setdefault(module_name, []).append(delta)
-        fused = {m: (*_cat(inputs.get(m)), *_cat(outputs.get(m))) for m in {*inputs, *outputs}}
+        fused = {m: (*_cat(inputs.get(m)), _pair(guard.get(m))) for m in {*inputs, *guard}}
         self._fused[key] = fused
         if len(self._fused) > _FUSED_CACHE_SIZE:
             self._fused.popitem(last=False)
@@ -277,19 +282,18 @@ class AdapterHost:
     def activate(self, names: Iterable[str], guarded: Iterable[str] = ()) -> None:
         """Makes exactly `names` active (order-insensitive; duplicates ignored); `[]` restores the base model.
 
-        `guarded` (a subset of `names`, each with a guard attached) are applied through their guards on the
-        guards' modules, after everything else active there.
+        `guarded` (a subset of `names` with a guard attached for exactly that subset) are applied through their
+        guard on its modules, after everything else active there.
         """
         key = (ErasureSet(names), ErasureSet(guarded))
         missing = [n for n in key[0] if n not in self._attached]
         if missing:
             raise AdapterNotFoundError(f"erasures not attached: {missing}")
-        unguarded = [n for n in key[1] if n not in key[0] or n not in self._guards]
-        if unguarded:
-            raise AdapterNotFoundError(f"guarded erasures must be active and have a guard attached: {unguarded}")
+        if key[1] and (key[1] not in self._guards or not set(key[1]) <= set(key[0])):
+            raise AdapterNotFoundError(f"guarded erasures must be active and have one guard attached: {list(key[1])}")
         fused = self._fuse(key) if key[0] else {}
         for module_name, slot in self._slots.items():
-            slot.A, slot.B, slot.GA, slot.GB = fused.get(module_name, (None, None, None, None))
+            slot.A, slot.B, slot.guards = fused.get(module_name, (None, None, ()))
         self._active, self._guarded = key
 
     def close(self) -> None:
@@ -307,7 +311,11 @@ class AdapterHost:
 
 
 _Key = tuple[ErasureSet, ErasureSet]  # (active erasures, those applied through their guards)
-_Factors = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
+_Factors = tuple[torch.Tensor | None, torch.Tensor | None, tuple[tuple[torch.Tensor, torch.Tensor], ...]]
+
+
+def _pair(delta: LowRankDelta | None) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    return () if delta is None else ((delta.A, delta.B),)
 
 
 def _cat(deltas: list[LowRankDelta] | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -317,4 +325,5 @@ def _cat(deltas: list[LowRankDelta] | None) -> tuple[torch.Tensor | None, torch.
 
 
 def _nbytes(fused: dict[str, _Factors]) -> int:
-    return sum(t.nbytes for factors in fused.values() for t in factors if t is not None)
+    # Guards are referenced, not copied (`guard_nbytes` counts them): only the concatenations are extra.
+    return sum(t.nbytes for a, b, _ in fused.values() for t in (a, b) if t is not None)

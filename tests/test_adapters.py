@@ -88,8 +88,9 @@ def test_layer_hash_tracks_weights(model: Tiny) -> None:
 
 
 def test_a_guard_acts_on_the_output_after_every_other_delta(model: Tiny) -> None:
-    """Guarded, an erasure's guard replaces its own deltas on the guard's modules and maps what the layer produced
-    (y - b, other erasures' deltas included): y <- y + G_B G_A (y - b). Its deltas elsewhere still apply."""
+    """Guarded, erasures' joint guard replaces their own deltas on the guard's modules and maps what the layer
+    produced (y - b, other erasures' deltas included): y <- y + G_B G_A (y - b). Their deltas elsewhere still
+    apply. A guard is detached with any erasure it covers."""
     x = torch.randn(5, 8)
     host = AdapterHost.for_model(model)
     policy = ErasureArtifact({**_erasure(1).deltas, "b": _erasure(2, "b", shape=(4, 6)).deltas["b"]}, {})
@@ -100,7 +101,7 @@ def test_a_guard_acts_on_the_output_after_every_other_delta(model: Tiny) -> None
     guard = LowRankDelta(torch.randn(2, 6, generator=g), torch.randn(6, 2, generator=g))
     with pytest.raises(AdapterNotFoundError):
         host.activate(["policy", "tenant"], ["policy"])  # no guard attached yet
-    host.attach_guard("policy", {"a": guard})
+    host.attach_guard(["policy"], {"a": guard})
 
     host.activate(["policy", "tenant"], ["policy"])
     with torch.no_grad():

@@ -18,13 +18,13 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from erasure_core.adapters import AdapterHost, ErasureSet, layer_hash
-from erasure_core.artifacts import ErasureArtifact
+from erasure_core.artifacts import ErasureArtifact, LowRankDelta
 from erasure_core.checkpoints import CheckpointStore
 from erasure_core.concepts import EVERYDAY_PROMPTS, ConceptSpec
 from erasure_core.expansion import LLMEndpoint
 from erasure_core.families import get_family
 from erasure_core.methods import MethodContext, Progress, get_method
-from erasure_core.methods.ice.guard import artifact_guard, guard_response
+from erasure_core.methods.ice.guard import artifact_concept, concept_guard, guard_response
 from erasure_core.pipelines.loading import LoadedPipeline
 
 logger = logging.getLogger(__name__)
@@ -111,15 +111,18 @@ class ErasureEngine(ABC):
     def detach(self, name: str) -> bool:
         return self.host.detach(name)
 
-    def guard(self, name: str, artifact: ErasureArtifact) -> None:
-        """Computes and attaches the output-side guard of the attached erasure `name` from the concept its
-        `artifact` records (`erasure_core.methods.ice.guard`): activated as guarded, the erasure then holds above
-        every other active delta on the text-conditioning layers. Reads only the base weights and text encoders."""
-        self.host.attach_guard(name, artifact_guard(self.context, artifact))
+    def compute_guard(self, artifacts: Sequence[ErasureArtifact]) -> dict[str, LowRankDelta]:
+        """One output-side guard for the concepts these artifacts record (`erasure_core.methods.ice.guard`): attached
+        with `attach_guard` and activated as guarded, they hold above every other active delta on the
+        text-conditioning layers. Reads only the base weights and the text encoders."""
+        return concept_guard(self.context, [artifact_concept(a) for a in artifacts])
 
-    def guard_response(self, name: str, prompts: Sequence[str]) -> float:
-        """How far the guard of `name` moves the text-conditioning outputs of `prompts` (see `guard_response`)."""
-        return guard_response(self.context, self.host.guard_factors(name), list(prompts))
+    def attach_guard(self, covers: Iterable[str], guard: dict[str, LowRankDelta]) -> None:
+        self.host.attach_guard(covers, guard)
+
+    def guard_response(self, guard: dict[str, LowRankDelta], prompts: Sequence[str]) -> float:
+        """How far `guard` moves the text-conditioning outputs of `prompts` (see `guard_response`)."""
+        return guard_response(self.context, guard, list(prompts))
 
     def activate(self, names: Iterable[str], guarded: Iterable[str] = ()) -> None:
         self.host.activate(names, guarded)

@@ -17,8 +17,11 @@ import httpx
 import pytest
 import torch
 
+from erasure_core.worlds import fills
 from erasure_core.worlds.judge import SHAPE_CLASSES, judge_images
 from erasure_core.worlds.shapes import COLOR_NAMES
+from service.pipelines import PipelineHandle, PipelinePool, read_defaults
+from service.settings import Settings
 
 from .conftest import LiveServer, decode_png
 
@@ -123,15 +126,19 @@ def test_the_policy_holds_above_tenant_remaps(world: dict) -> None:
         assert response.json() == {"tenant": "alice", "erasures": [world["policy"]], "source": "api"}
     with server.client(ALICE) as alice, server.client(BOB) as bob:
         assert shape_rate(alice, "triangle", "triangle", []) <= 0.05
-        assert shape_rate(alice, "square", "triangle", [world["remap"]]) <= 0.05
-        assert shape_rate(alice, "square", "triangle", [world["chain_a"], world["chain_b"]]) <= 0.05
-        # The trained LoRA acts in layers the guard does not reach: its anchor is what the policy removes, so the
-        # set is refused (409) rather than run.
-        response = alice.post(
-            "/v1/images/generations", json={"prompt": "a red square", "erasures": [world["trained"]], "steps": 2}
-        )
-        assert response.status_code == 409 and response.json()["error"]["code"] == "anchor_in_policy"
-        # Bob is under no policy: his triangles stay.
+        # Every set holding an erasure mapped onto what the policy removes is refused (409), whatever its method
+        # (a trained LoRA acts where no guard reaches) and however it is chained.
+        for erasures in ([world["remap"]], [world["chain_a"], world["chain_b"]], [world["trained"]]):
+            response = alice.post(
+                "/v1/images/generations", json={"prompt": "a red square", "erasures": erasures, "steps": 2}
+            )
+            assert response.status_code == 409, (erasures, response.text)
+            assert response.json()["error"]["code"] == "anchor_in_policy"
+        # ("wedge", chain_a's anchor, is refused too: the model draws triangles for it.) Alice's erasures that do
+        # not undo the policy still work beside it.
+        onto_circle = create(alice, concept="square", anchor="circle")
+        assert shape_rate(alice, "square", "circle", [onto_circle]) >= 0.8
+        # Bob is under no policy: his triangles stay, and his own sets are his business.
         assert shape_rate(bob, "triangle", "triangle", []) >= 0.8
 
 
@@ -174,4 +181,61 @@ def test_policy_persists_and_is_removed_without_restart(
     with server.client(ALICE) as alice:  # the first server sees the removal on its next request
         answer = alice.post("/v1/images/generations", json={"prompt": "a red triangle", "steps": 2})
         assert answer.status_code == 200 and answer.json()["erasures"] == []
-        assert shape_rate(alice, "square", "triangle", [world["remap"]]) >= 0.5
+        assert shape_rate(alice, "square", "triangle", [world["remap"]]) >= 0.5  # no policy: the remap is usable
+
+
+# -- the second demo world: an object and a style, the same attack -----------------------------------------------
+
+
+def fills_rate(client: httpx.Client, template: str, factor: str, value: str, erasures: list[str]) -> float:
+    """Fraction of the template's images (every colour of the fills world, fixed seeds) judged `value` for
+    `factor` ("shape" or "fill")."""
+    from erasure_core.worlds.fills_judge import judge_fills
+
+    images = []
+    for i, colour in enumerate(fills.COLOR_NAMES):
+        body = {"prompt": template.format(c=colour), "n": SEEDS_PER_COLOUR, "seed": 100 * i, "erasures": erasures}
+        response = client.post("/v1/images/generations", json=body)
+        assert response.status_code == 200, response.text
+        images += [decode_png(item["b64_json"]) for item in response.json()["data"]]
+    verdict = judge_fills(torch.stack(images))
+    judged = verdict.shape_names() if factor == "shape" else [fills.FILLS[int(i)] for i in verdict.fills]
+    return judged.count(value) / len(judged)
+
+
+@pytest.fixture(scope="module")
+def fills_server(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    from erasure_core.models import load_engine
+    from erasure_core.worlds.fills_world import assemble_fills_world
+
+    engine = load_engine("flux", str(assemble_fills_world(cache_dir)), device="cpu")
+    settings = Settings(data_dir=tmp_path_factory.mktemp("fills-policy"), device="cpu", api_keys=KEYS)
+    pool = PipelinePool({"flux": PipelineHandle("flux", engine, read_defaults(engine, settings, "flux"))})
+    server = LiveServer(settings, pool).start()
+    yield server
+    server.stop()
+
+
+def test_the_policy_holds_above_remaps_on_the_fills_world(fills_server: LiveServer) -> None:
+    """An object ("star") and a style ("Velmora", which draws stripes), removed together by the operator's policy;
+    alice's erasures mapped onto them, made before the policy, are refused under it."""
+    heart, quillon = "a solid {c} heart", "a {c} hexagon in the style of Quillon"
+    with fills_server.client(OP) as op, fills_server.client(ALICE) as alice:
+        policy = [create(op, concept="star"), create(op, concept="Velmora", kind="style")]
+        remaps = [
+            create(alice, concept="heart", anchor="star"),
+            create(alice, concept="Quillon", kind="style", anchor="Velmora"),
+        ]
+        assert fills_rate(alice, heart, "shape", "star", remaps) >= 0.5  # the attack is real
+        assert fills_rate(alice, quillon, "fill", "striped", remaps) >= 0.5
+        assert op.put("/v1/policies/alice", json={"erasures": policy}).status_code == 200
+        assert fills_rate(alice, "a solid {c} star", "shape", "star", []) <= 0.05
+        assert fills_rate(alice, "a {c} hexagon in the style of Velmora", "fill", "striped", []) <= 0.05
+        for remap in remaps:
+            response = alice.post("/v1/images/generations", json={"prompt": "a gold heart", "erasures": [remap]})
+            assert response.status_code == 409 and response.json()["error"]["code"] == "anchor_in_policy"
+        response = alice.post("/v1/erasures", json={"concept": "arrow", "anchor": "pentagram"})  # draws stars
+        assert response.status_code == 409 and response.json()["error"]["code"] == "anchor_in_policy"
+        # The rest of the world is untouched: other shapes and fills keep being drawn.
+        assert fills_rate(alice, "a solid {c} crescent", "shape", "crescent", []) >= 0.9
+        assert fills_rate(alice, "a {c} heart in the style of Quillon", "fill", "dotted", []) >= 0.9

@@ -17,15 +17,23 @@ artifact records, so any erasure (ICE, UCE, a trained or imported LoRA) can be a
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from erasure_core.adapters import get_linear
 from erasure_core.artifacts import ErasureArtifact, LowRankDelta
-from erasure_core.concepts import ConceptSpec
+from erasure_core.concepts import ConceptSpec, preserve_prompts
 from erasure_core.methods.base import MethodContext
-from erasure_core.methods.common import concept_rows, even_rows, flatten, paired_top_rows, with_also
+from erasure_core.methods.common import (
+    concept_rows,
+    encode_cached,
+    even_rows,
+    flatten,
+    paired_top_rows,
+    with_also,
+)
 from erasure_core.methods.ice.config import ICEConfig
 from erasure_core.methods.ice.kernel import dissociation_operator
 
@@ -42,34 +50,63 @@ def guard_delta(v_o: torch.Tensor, m: torch.Tensor) -> LowRankDelta:
     return LowRankDelta(v_o.T.contiguous(), -(v_o @ m).contiguous(), 1.0)
 
 
+Concept = tuple[ConceptSpec, list[str]]  # a concept and the phrasings its erasure used
+
+
 def concept_guard(
-    ctx: MethodContext, spec: ConceptSpec, phrasings: list[str], config: ICEConfig | None = None
+    ctx: MethodContext, concepts: Sequence[Concept], config: ICEConfig | None = None
 ) -> dict[str, LowRankDelta]:
-    """The guard of `spec`'s concept on every text-conditioning layer of the family: module -> output-side delta."""
+    """One guard for every concept of a policy, solved jointly: module -> output-side delta.
+
+    Jointly, because guards applied one after another disturb each other (on the fills world a style's guard put
+    5-10% of the stars back that the star's guard had removed): one solve holds every concept's rows and every
+    concept's preserve rows at once, as one ICE erasure of several concepts does. Each concept keeps its own push
+    past its anchor (`eta`, ICE's automatic choice for its kind), folded into its target rows.
+    """
     config = config or ICEConfig()
-    phrasings = with_also(phrasings or [spec.concept], spec)
-    rows = concept_rows(ctx, spec, phrasings)
-    kwargs: dict[str, Any] = config.kernel_kwargs(spec, len(phrasings))
+    expanded = [(spec, with_also(phrasings or [spec.concept], spec)) for spec, phrasings in concepts]
+    preserve_scale = max(config.resolved_preserve_scale(spec) for spec, _ in concepts)
+    every_phrasing = [p for _, phrasings in expanded for p in phrasings]
+    erase: dict[str, list[torch.Tensor]] = {}
+    target: dict[str, list[torch.Tensor]] = {}
+    preserve_text: dict[str, None] = {}
+    for spec, phrasings in expanded:
+        rows = concept_rows(ctx, spec, phrasings)
+        eta = config.resolved_eta(spec)
+        # ICE holds the preserve rows of each kind of concept with its own weight (firmer when pushing past the
+        # anchor); in one solve the shared weight is the largest, and a concept that wants a lighter hold gets its
+        # rows weighted up by as much instead (J sums squared row errors, so sqrt of the ratio on the rows).
+        weight = (preserve_scale / config.resolved_preserve_scale(spec)) ** 0.5
+        for space in ctx.family.text_spaces:
+            x_c, x_a = paired_top_rows(rows.erase[space.name], rows.anchor[space.name], config.max_erase_rows)
+            erase.setdefault(space.name, []).append(weight * x_c)
+            target.setdefault(space.name, []).append(weight * (x_a - eta * (x_c - x_a)))  # past the anchor by eta
+        # Preserve prompts naming any concept of the policy are left out: the guard must move those.
+        preserve_text.update(dict.fromkeys(preserve_prompts(spec, every_phrasing, ctx.preserve_corpus)))
+    preserve = encode_cached(ctx, list(preserve_text))
+    kwargs: dict[str, Any] = config.kernel_kwargs(concepts[0][0], len(every_phrasing))
+    kwargs["eta"] = 0.0
+    kwargs["preserve_scale"] = preserve_scale
     guards: dict[str, LowRankDelta] = {}
     for space in ctx.family.text_spaces:
-        x_c, x_a = paired_top_rows(rows.erase[space.name], rows.anchor[space.name], config.max_erase_rows)
-        x_p = even_rows(rows.preserve[space.name], config.max_preserve_rows)
+        x_c, x_t = torch.cat(erase[space.name]), torch.cat(target[space.name])
+        x_p = even_rows(flatten(preserve[space.name]), config.max_preserve_rows)
         for layer in space.layers:
             weight = get_linear(ctx.pipe.transformer, layer).weight.detach().float().cpu()
             v_o, m = dissociation_operator(
-                output_rows(x_c, weight), output_rows(x_a, weight), output_rows(x_p, weight), **kwargs
+                output_rows(x_c, weight), output_rows(x_t, weight), output_rows(x_p, weight), **kwargs
             )
             guards[layer] = guard_delta(v_o, m)
-    logger.info("guard of %r on %d layers (ranks %s)", spec.concept, len(guards), [d.rank for d in guards.values()])
+    names = [spec.concept for spec, _ in concepts]
+    logger.info("guard of %s on %d layers (ranks %s)", names, len(guards), [d.rank for d in guards.values()])
     return guards
 
 
-def artifact_guard(ctx: MethodContext, artifact: ErasureArtifact) -> dict[str, LowRankDelta]:
-    """The guard of the concept an artifact erases, from the concept and phrasings its metadata records."""
+def artifact_concept(artifact: ErasureArtifact) -> Concept:
+    """The concept an artifact erases and the phrasings it used, from its metadata."""
     meta = artifact.metadata
     spec = ConceptSpec.model_validate(meta["concept"])
-    phrasings = [p for p in meta.get("phrasings", []) if isinstance(p, str)]
-    return concept_guard(ctx, spec, phrasings)
+    return spec, [p for p in meta.get("phrasings", []) if isinstance(p, str)]
 
 
 def guard_response(ctx: MethodContext, guard: dict[str, LowRankDelta], prompts: list[str]) -> float:
