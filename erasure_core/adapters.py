@@ -51,12 +51,24 @@ class _ModuleSlot:
 
     def __call__(self, module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         if self.A is not None and self.B is not None:
+            if self.A.device != output.device:
+                self._follow(output.device)
             output = output + F.linear(F.linear(inputs[0], self.A), self.B)
         bias = self.module.bias
+        if self.guards and self.guards[0][0].device != output.device:
+            self._follow(output.device)
         for g_a, g_b in self.guards:
             produced = output if bias is None else output - bias
             output = output + F.linear(F.linear(produced, g_a), g_b)
         return output
+
+    def _follow(self, device: torch.device) -> None:
+        """Moves this activation's factors to where the layer runs. Factors are prepared on the weight's device at
+        attach; under CPU offload that is the CPU while the layer runs on the GPU. Moved once per activation (the
+        next `activate` sets the prepared factors again), never per step."""
+        if self.A is not None and self.B is not None:
+            self.A, self.B = self.A.to(device), self.B.to(device)
+        self.guards = tuple((g_a.to(device), g_b.to(device)) for g_a, g_b in self.guards)
 
 
 class ErasureSet(tuple[str, ...]):

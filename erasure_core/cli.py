@@ -1,7 +1,9 @@
 """The core's command-line subcommands: `generate` and `erase` (no server, no queue).
 
 The `erasure` program (`service.cli`) adds `serve` and `worker` to these; `python -m erasure_core.cli` runs the core
-ones alone.
+ones alone. Loading options default to the same `ERASURE_*` variables the service reads (`ERASURE_DEVICE`,
+`ERASURE_DTYPE`, `ERASURE_ALLOW_DOWNLOADS`, `ERASURE_OFFLOAD`, `ERASURE_VAE_TILING`, `ERASURE_VAE_SLICING`,
+`ERASURE_QUANTIZE`), so a command line run loads a model the way the deployment does; flags override them.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,11 +32,30 @@ def _parse_option(text: str) -> tuple[str, Any]:
         return key, value
 
 
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
 def _load(args: argparse.Namespace) -> Any:
     from erasure_core.expansion import LLMEndpoint
     from erasure_core.models import load_engine
+    from erasure_core.pipelines.loading import LoadOptions
 
-    return load_engine("flux", args.model, device=args.device, dtype=args.dtype, llm=LLMEndpoint.from_env())
+    options = LoadOptions(
+        offload=args.offload, vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing, quantize=args.quantize
+    )
+    return load_engine(
+        "flux",
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        allow_downloads=args.allow_downloads,
+        options=options,
+        llm=LLMEndpoint.from_env(),
+    )
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -81,9 +103,20 @@ def _cmd_erase(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get
     p.add_argument("--model", default="demo", help="'demo', a diffusers Flux folder, or a hub id")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default=env("ERASURE_DEVICE", "auto"))
+    p.add_argument("--dtype", default=env("ERASURE_DTYPE", "auto"), help="auto: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument(
+        "--allow-downloads",
+        action=argparse.BooleanOptionalAction,
+        default=_env_flag("ERASURE_ALLOW_DOWNLOADS"),
+        help="fetch a hub id's weights (default: ERASURE_ALLOW_DOWNLOADS; off)",
+    )
+    p.add_argument("--offload", choices=["none", "model", "sequential"], default=env("ERASURE_OFFLOAD", "none"))
+    p.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=_env_flag("ERASURE_VAE_TILING"))
+    p.add_argument("--vae-slicing", action=argparse.BooleanOptionalAction, default=_env_flag("ERASURE_VAE_SLICING"))
+    p.add_argument("--quantize", choices=["none", "int8wo"], default=env("ERASURE_QUANTIZE", "none"))
 
 
 def add_core_commands(sub: Any) -> None:

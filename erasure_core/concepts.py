@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from erasure_core.errors import InvalidConfigError
 
@@ -168,6 +168,15 @@ class ConceptSpec(BaseModel):
         if not value:
             raise ValueError("must contain a non-space character")
         return value
+
+    @model_validator(mode="after")
+    def _anchor_is_elsewhere(self) -> ConceptSpec:
+        """Mapping a concept onto itself erases nothing (and leaves ICE nothing to solve for)."""
+        if self.anchor is not None:
+            own = {p.casefold() for p in (*self.concepts, *self.synonyms)}
+            if self.anchor.casefold() in own:
+                raise ValueError(f"anchor {self.anchor!r} is the concept itself (or one of its synonyms or `also`)")
+        return self
 
     @property
     def concepts(self) -> tuple[str, ...]:

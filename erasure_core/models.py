@@ -22,6 +22,7 @@ from erasure_core.engines import ErasureEngine, FluxEngine, OpenSoraEngine
 from erasure_core.engines.base import Output
 from erasure_core.errors import ModelLoadError
 from erasure_core.expansion import LLMEndpoint
+from erasure_core.families import get_family
 from erasure_core.pipelines.loading import LoadedPipeline, load_flux_pipeline, load_open_sora_pipeline
 from erasure_core.worlds.flux_world import assemble_flux_world, world_preserve_corpus
 from erasure_core.worlds.video_world import assemble_video_world
@@ -74,12 +75,15 @@ def get_model(name: str) -> ModelSpec:
 def load_pipeline(model: str, source: str = DEMO, cache_dir: Path | None = None, **kwargs: Any) -> LoadedPipeline:
     """Loads `source` — "demo" (the model's bundled world), a diffusers folder or a hub id — as `model`.
 
-    Keyword arguments go to the loader: `device`, `dtype`, `allow_downloads`.
+    Keyword arguments go to the loader: `device`, `dtype`, `allow_downloads`, `options` (a `LoadOptions`: offload,
+    VAE tiling/slicing, quantization). The family's text-conditioning layers are kept exact and resident (`keep`):
+    closed-form methods and the guard read their base weights, and the layer hash covers them.
 
     Raises:
         ModelLoadError: unknown model, a missing demo world, or a source that is invalid or fails to load.
     """
     spec = get_model(model)
+    kwargs.setdefault("keep", get_family(spec.family).edited_layers)
     if source != DEMO:
         return spec.load(source, **kwargs)
     try:

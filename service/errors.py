@@ -90,6 +90,12 @@ class QueueUnavailableError(ServiceError):
     code = "queue_unavailable"
 
 
+class StoreUnavailableError(ServiceError):
+    """The erasure store's Redis (`ERASURE_STORE=redis`) cannot be reached: nothing was read or written."""
+
+    code = "store_unavailable"
+
+
 class PolicyNotFoundError(ServiceError):
     """`DELETE /v1/policies/{tenant}` names a tenant with no API-managed policy."""
 
@@ -111,3 +117,22 @@ class QuotaExceededError(ServiceError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = max(1, retry_after)
+
+
+class PolicyNotCoveredError(ServiceError):
+    """The mandatory policy removes a concept from another model's outputs but has no erasure of it for the model
+    asked for: the request is refused rather than run without it."""
+
+    code = "policy_not_covered"
+
+
+class PolicyUnavailableError(ServiceError):
+    """The mandatory policy cannot be read (or changed) right now: nothing runs without it."""
+
+    code = "policy_unavailable"
+
+
+class TenantNotFoundError(ServiceError):
+    """A policy names a tenant no API key belongs to (a typo would silently apply to nobody)."""
+
+    code = "tenant_not_found"

@@ -16,9 +16,10 @@ from fastapi import FastAPI
 
 from erasure_core import __version__
 from service.api import erasures, health, images, models, policies, videos
+from service.api.contract import install_contract
 from service.api.errors import register_error_handlers
 from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.pipelines import PipelinePool
+from service.pipelines import ModelDefaults, PipelinePool
 from service.runtime.state import ServiceRuntime
 from service.settings import Settings, get_settings
 
@@ -50,8 +51,15 @@ def create_app(settings: Settings | None = None, pool: PipelinePool | None = Non
     for router in (erasures.router, images.router, videos.router, models.router, policies.router, health.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # The published spec is this deployment's: its limits and served models (see service/api/contract.py).
+    install_contract(app, settings, runtime.catalog.names, lambda name: _defaults(runtime, name))
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)
     return app
+
+
+def _defaults(runtime: ServiceRuntime, name: str) -> ModelDefaults | None:
+    handle = runtime.pool.handles.get(name)
+    return handle.defaults if handle is not None else None
 
 
 def run_server(host: str | None = None, port: int | None = None) -> None:

@@ -146,6 +146,9 @@ class Metrics:
         self.dropped = Counter(
             "erasure_generations_dropped_total", "Queued generation requests dropped because their client went away."
         )
+        self.quota_refused = Counter(
+            "erasure_quota_exceeded_total", "Requests refused with 429 quota_exceeded, by the limit they hit."
+        )
 
     def all(self) -> list[_Metric]:
         return [m for m in vars(self).values() if isinstance(m, _Metric)]

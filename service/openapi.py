@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from erasure_core.models import MODEL_NAMES
 from service.main import create_app
 from service.settings import Settings
 
@@ -18,9 +19,16 @@ DEFAULT_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 
 
 def render() -> str:
-    """The app's OpenAPI spec as YAML (the spec does not depend on the settings' values)."""
-    app = create_app(Settings(auth="off", api_keys={}, api_keys_file=None, mandatory_erasures={}))
-    return yaml.safe_dump(app.openapi(), sort_keys=False, allow_unicode=True)
+    """The contract as YAML: the spec a deployment with the default limits and every model publishes.
+
+    A deployment publishes its own at /openapi.json: its limits (`ERASURE_MAX_*`, sizes) and only the models it
+    serves (service/api/contract.py).
+    """
+    every_model = {f"{name.replace('-', '_')}_model": "demo" for name in MODEL_NAMES}
+    settings = Settings.model_validate(
+        {"auth": "off", "api_keys": {}, "api_keys_file": None, "mandatory_erasures": {}, **every_model}
+    )
+    return yaml.safe_dump(create_app(settings).openapi(), sort_keys=False, allow_unicode=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from erasure_core.engines import ErasureEngine, OpenSoraEngine
 from erasure_core.models import MODEL_NAMES, load_engine
+from erasure_core.pipelines.loading import LoadOptions
 from service.errors import ModelNotAvailableError
 from service.settings import Settings
 
@@ -58,6 +59,16 @@ def read_defaults(engine: ErasureEngine, settings: Settings, model: str) -> Mode
     return defaults
 
 
+def load_options(settings: Settings) -> LoadOptions:
+    """The memory options every served model is loaded with (`ERASURE_OFFLOAD`, `ERASURE_VAE_*`, `ERASURE_QUANTIZE`)."""
+    return LoadOptions(
+        offload=settings.offload,
+        vae_tiling=settings.vae_tiling,
+        vae_slicing=settings.vae_slicing,
+        quantize=settings.quantize,
+    )
+
+
 @dataclass
 class PipelineHandle:
     """One served model: its engine, its defaults, and the lock that serialises use of the shared pipeline.
@@ -94,6 +105,7 @@ class PipelinePool:
                 device=settings.device,
                 dtype=settings.dtype,
                 allow_downloads=settings.allow_downloads,
+                options=load_options(settings),
                 cache_dir=settings.cache_dir,
                 llm=settings.llm_endpoint(),
             )

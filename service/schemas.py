@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from erasure_core.concepts import MAX_CONCEPTS, MAX_LIST, MAX_PHRASE_CHARS, ConceptKind
+from erasure_core.errors import UnknownMethodError
+from erasure_core.methods import get_method
 from erasure_core.models import MODEL_NAMES, MODELS
 from service.store import ErasureRecord, JobStatus
 
@@ -23,6 +26,9 @@ else:
 HIDDEN_OPTIONS = frozenset({"lora_b64", "import_dir"})
 ErasureStatus = Literal["queued", "running", "ready", "failed", "cancelled"]
 MAX_SEED = 2**63 - 1
+# Text the app refuses when it has no non-space character (a prompt, a concept phrase): the spec says so too.
+NON_BLANK = r"\S"
+Phrase = Annotated[str, Field(min_length=1, max_length=MAX_PHRASE_CHARS, pattern=NON_BLANK)]
 
 
 class ErasureCreate(BaseModel):
@@ -30,8 +36,10 @@ class ErasureCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    concept: str = Field(min_length=1, max_length=MAX_PHRASE_CHARS, description="The concept to erase.")
-    also: list[str] = Field(
+    concept: str = Field(
+        min_length=1, max_length=MAX_PHRASE_CHARS, pattern=NON_BLANK, description="The concept to erase."
+    )
+    also: list[Phrase] = Field(
         default_factory=list,
         max_length=MAX_CONCEPTS - 1,
         description="Further concepts of the same kind removed by the same erasure (closed-form methods; "
@@ -46,10 +54,18 @@ class ErasureCreate(BaseModel):
         "`options.lora_b64` or `options.path` in the operator's ERASURE_IMPORT_DIR).",
     )
     kind: ConceptKind = "object"
-    anchor: str | None = Field(default=None, max_length=MAX_PHRASE_CHARS, description="What the concept becomes.")
-    synonyms: list[str] = Field(default_factory=list, max_length=MAX_LIST)
+    anchor: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_PHRASE_CHARS,
+        pattern=NON_BLANK,
+        description="What the concept becomes.",
+    )
+    synonyms: list[Phrase] = Field(default_factory=list, max_length=MAX_LIST)
     expand: bool = Field(default=False, description="Mine more phrasings of the concept from the text encoder.")
-    preserve: list[str] = Field(default_factory=list, max_length=MAX_LIST, description="Concepts that must not change.")
+    preserve: list[Phrase] = Field(
+        default_factory=list, max_length=MAX_LIST, description="Concepts that must not change."
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters, validated per method.")
 
     @field_validator("options")
@@ -59,6 +75,63 @@ class ErasureCreate(BaseModel):
         if not _finite(options):
             raise ValueError("options must not contain NaN or Infinity")
         return options
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_typed(cls, data: Any) -> Any:
+        return _check_json_types(cls, data)
+
+    @model_validator(mode="after")
+    def _fits_the_method(self) -> ErasureCreate:
+        """What the spec's per-method variant says: each option of its JSON type (the methods validate leniently:
+        `false` would pass as 0, `"5"` as 5), and `also` within how many concepts the method erases at once."""
+        try:
+            method = get_method(self.method)
+        except UnknownMethodError:
+            return self  # refused as `unknown_method` when the erasure is created
+        _check_json_types(method.config_cls, self.options, prefix="options.")
+        if len(self.also) > method.max_concepts - 1:
+            raise ValueError(
+                f"method {self.method!r} erases at most {method.max_concepts} concept(s) per erasure "
+                f"(`also` takes at most {method.max_concepts - 1})"
+            )
+        return self
+
+
+def _check_json_types(model: type[BaseModel], data: Any, prefix: str = "") -> Any:
+    """Refuses a value whose JSON type its field's schema does not allow: pydantic's lax mode would take `true`
+    or `"5"` for a number and `0` for `false`, which the published spec calls invalid."""
+    if not isinstance(data, dict):
+        return data
+    properties = _properties(model)
+    for key, value in data.items():
+        allowed, given = _json_types(properties.get(key, {})), _json_type(value)
+        if allowed and given not in allowed and not (given == "integer" and "number" in allowed):
+            raise ValueError(f"{prefix}{key} must be {' or '.join(sorted(allowed))}, not {given}")
+    return data
+
+
+@functools.cache
+def _properties(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema().get("properties", {})
+
+
+def _json_types(schema: dict[str, Any]) -> set[str]:
+    """The JSON types a property schema allows (empty: any)."""
+    if "type" in schema:
+        return {schema["type"]}
+    branches = [_json_types(b) for b in schema.get("anyOf", [])]
+    return set().union(*branches) if branches and all(branches) else set()
+
+
+def _json_type(value: Any) -> str:
+    """The JSON Schema type of a parsed JSON value (2.0 is an integer in JSON Schema)."""
+    if isinstance(value, float) and value.is_integer():
+        return "integer"
+    for kind, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array")):
+        if isinstance(value, kind):
+            return name
+    return "object" if isinstance(value, dict) else "null"
 
 
 def _finite(value: Any) -> bool:
@@ -162,7 +235,16 @@ class ImageGenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(description="Text prompt. Longer than the server's limit: 413 `payload_too_large`.")
+    @model_validator(mode="before")
+    @classmethod
+    def _json_typed(cls, data: Any) -> Any:
+        return _check_json_types(cls, data)
+
+    prompt: str = Field(
+        min_length=1,
+        pattern=NON_BLANK,
+        description="Text prompt (not blank). Longer than the server's limit: 413 `payload_too_large`.",
+    )
     model: ModelName = "flux"
     erasures: list[str] = Field(default_factory=list, description="Erasure ids to apply (policy may add more).")
     n: int = Field(default=1, ge=1, description="Number of images (seeds seed..seed+n-1); server limit applies.")
@@ -201,7 +283,16 @@ class VideoGenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(description="Text prompt. Longer than the server's limit: 413 `payload_too_large`.")
+    @model_validator(mode="before")
+    @classmethod
+    def _json_typed(cls, data: Any) -> Any:
+        return _check_json_types(cls, data)
+
+    prompt: str = Field(
+        min_length=1,
+        pattern=NON_BLANK,
+        description="Text prompt (not blank). Longer than the server's limit: 413 `payload_too_large`.",
+    )
     model: VideoModelName = "open-sora"
     erasures: list[str] = Field(default_factory=list, description="Erasure ids to apply (policy may add more).")
     num_frames: int | None = Field(

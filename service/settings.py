@@ -59,8 +59,15 @@ class Settings(BaseSettings):
     open_sora_max_sequence_length: int | None = Field(default=None, ge=1, le=512)
     open_sora_default_size: str | None = None
     device: str = "auto"
-    dtype: str = "float32"
+    # `auto`: bfloat16 on CUDA, float32 on CPU (the demo world's behaviour on CPU is unchanged).
+    dtype: str = "auto"
     allow_downloads: bool = False
+    # Real-model memory: diffusers CPU offload (`model`: a component at a time; `sequential`: a layer at a time, the
+    # least memory and slowest), VAE tiling/slicing for large images, an int8 weight-only transformer (torchao).
+    offload: Literal["none", "model", "sequential"] = "none"
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    quantize: Literal["none", "int8wo"] = "none"
     # The LLM "semantic spy" for expansion: any OpenAI-compatible chat endpoint, set by the operator only (a caller
     # never sends a URL). Its suggestions are kept only where the model draws them like the concept.
     llm_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
@@ -84,6 +91,9 @@ class Settings(BaseSettings):
     job_lease_s: float = Field(default=30.0, ge=0.5, le=3600)
     job_max_attempts: int = Field(default=3, ge=1, le=100)
     job_timeout_s: int = Field(default=7 * 86400, ge=60)
+    # Where erasure records, artifacts and job checkpoints live: `file` (under data_dir; one machine, or a folder
+    # shared with flock) or `redis` (in ERASURE_REDIS_URL under queue_prefix; for replicas on several machines).
+    store: Literal["file", "redis"] = "file"
 
     # Server.
     host: str = "127.0.0.1"
@@ -116,9 +126,12 @@ class Settings(BaseSettings):
     # Per-tenant quotas (the operator tenant is exempt; 0 turns a limit off). A generation costs width x height x
     # steps x images (or frames) / 1e6, "megapixel-steps": FLUX.1 at 1024x1024, 28 steps, 4 images costs 117.
     # `tenant_quotas` (JSON) overrides any of them per tenant: {"alice": {"cost_per_window": 100, "max_jobs": 1}}.
-    quota_cost_per_window: float = Field(default=4000.0, ge=0)
+    # The per-request default admits Open-Sora 2.0's largest clip (768x768, 129 frames, 50 steps: 3804); the window
+    # bounds a runaway key (a full queue of 8 x 100 steps x 2048x2048 would be 3355 each), it does not share a GPU
+    # fairly: set it near what your GPUs produce per window.
+    quota_cost_per_window: float = Field(default=8000.0, ge=0, allow_inf_nan=False)
     quota_window_s: float = Field(default=60.0, gt=0, le=86400)
-    quota_max_request_cost: float = Field(default=2000.0, ge=0)
+    quota_max_request_cost: float = Field(default=4000.0, ge=0, allow_inf_nan=False)
     quota_max_jobs: int = Field(default=4, ge=0)
     quota_max_erasures: int = Field(default=1000, ge=0)
     quota_max_bytes: int = Field(default=10 * 1024**3, ge=0)
@@ -146,9 +159,9 @@ class Settings(BaseSettings):
             unknown = sorted(set(limits) - set(QUOTA_FIELDS))
             if unknown:
                 raise ValueError(f"tenant_quotas[{tenant!r}]: unknown limits {unknown}; known: {list(QUOTA_FIELDS)}")
-            negative = sorted(k for k, v in limits.items() if not v >= 0)
+            negative = sorted(k for k, v in limits.items() if not 0 <= v < float("inf"))  # NaN fails both
             if negative:
-                raise ValueError(f"tenant_quotas[{tenant!r}]: limits must be >= 0: {negative}")
+                raise ValueError(f"tenant_quotas[{tenant!r}]: limits must be finite and >= 0 (0: off): {negative}")
         return value
 
     @field_validator("flux_default_size", "open_sora_default_size")
@@ -173,6 +186,12 @@ class Settings(BaseSettings):
             raise ValueError("default_steps must not exceed max_steps")
         if not self.min_fps <= self.default_fps <= self.max_fps:
             raise ValueError("default_fps must lie between min_fps and max_fps")
+        return self
+
+    @model_validator(mode="after")
+    def _check_store(self) -> Settings:
+        if self.store == "redis" and not self.redis_url:
+            raise ValueError("ERASURE_STORE=redis needs ERASURE_REDIS_URL")
         return self
 
     @model_validator(mode="after")

@@ -20,6 +20,12 @@ Several processes may share one store (the API and its job workers). Every read 
 (inode, mtime, size: each write is a rename, so a new inode) and re-reads it when another process replaced it;
 every write is a read-modify-write under the store's file lock, so a worker's progress report cannot overwrite the
 API's cancellation (`update(..., require_active=True)` refuses to touch a finished record).
+
+Job writes are fenced by attempt: `attempts` is the job's fencing token. A job starts with
+`update(..., if_attempts=n, attempts=n + 1)` (a compare-and-set: of two processes starting the same job, one
+loses), and every later write of that run passes `attempt=n + 1`, which is refused (`StaleAttemptError`) unless the
+record is still `running` that attempt. A worker that paused past its lease (GC, SIGSTOP) while the reaper re-queued
+its job or another worker started it can therefore change nothing: not progress, not the outcome, not the artifact.
 """
 
 from __future__ import annotations
@@ -36,11 +42,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
 from erasure_core.artifacts import ErasureArtifact, atomic_write_bytes, fsync_dir, load_artifact, save_artifact
+from erasure_core.checkpoints import CheckpointStore, FileCheckpoints
 from erasure_core.errors import ArtifactError
 from service.errors import ErasureNotFoundError
 
@@ -54,6 +61,11 @@ _SHARED_TMP_GRACE_S = 3600.0
 
 class RecordFinishedError(Exception):
     """A job tried to change a record that is already terminal (cancelled, failed or succeeded elsewhere)."""
+
+
+class StaleAttemptError(Exception):
+    """A write fenced by a job attempt was refused: the record no longer runs that attempt (another worker took the
+    job over, the reaper re-queued it, or it was started again). The writer must stop without touching anything."""
 
 
 class JobStatus(StrEnum):
@@ -101,6 +113,24 @@ class ErasureRecord(BaseModel):
     error: ErrorInfo | None = None
 
 
+class JobCheckpoints(CheckpointStore, Protocol):
+    """A job's checkpoint as the job executor needs it: what a method saves and loads, plus the saved step."""
+
+    def saved_step(self) -> int | None: ...
+
+
+def check_fence(current: ErasureRecord, attempt: int | None, if_attempts: int | None) -> None:
+    """Raises StaleAttemptError when a fenced write no longer holds (see the module doc); logs the refusal."""
+    if if_attempts is not None and current.attempts != if_attempts:
+        reason = f"it was started again meanwhile (attempt {current.attempts}, expected {if_attempts})"
+    elif attempt is not None and (current.attempts != attempt or current.status != JobStatus.running):
+        reason = f"attempt {attempt} no longer runs it (now attempt {current.attempts}, {current.status.value})"
+    else:
+        return
+    logger.warning("erasure %s: stale write refused: %s", current.id, reason)
+    raise StaleAttemptError(f"erasure {current.id}: {reason}")
+
+
 def new_id() -> str:
     return ID_PREFIX + secrets.token_hex(12)
 
@@ -146,6 +176,13 @@ class ErasureStore:
 
     def checkpoint_path(self, erasure_id: str) -> Path:
         return self.checkpoints_dir / f"{erasure_id}.ckpt"
+
+    def checkpoints(self, erasure_id: str) -> JobCheckpoints:
+        """Where a trained job of `erasure_id` saves and finds its checkpoint (each backend gives its own kind)."""
+        return FileCheckpoints(self.checkpoint_path(erasure_id))
+
+    def drop_checkpoint(self, erasure_id: str) -> None:
+        self.checkpoint_path(erasure_id).unlink(missing_ok=True)
 
     def ensure_dirs(self) -> None:
         for folder in (self.records_dir, self.artifacts_dir, self.checkpoints_dir):
@@ -332,16 +369,42 @@ class ErasureStore:
                 raise ValueError(f"erasure id {record.id} already exists")
             return self._persist(record)
 
-    def update(self, erasure_id: str, require_active: bool = False, **changes: Any) -> ErasureRecord:
+    def update(
+        self,
+        erasure_id: str,
+        require_active: bool = False,
+        *,
+        attempt: int | None = None,
+        if_attempts: int | None = None,
+        **changes: Any,
+    ) -> ErasureRecord:
         """Applies field changes to the current record and persists it.
+
+        Args:
+            attempt: the write belongs to this run of the job: refused unless the record is `running` this attempt.
+            if_attempts: apply only while the record's `attempts` is still this (a compare-and-set on the token).
 
         Raises:
             ErasureNotFoundError: the record was deleted.
             RecordFinishedError: `require_active` and the record is already terminal (e.g. cancelled meanwhile).
+            StaleAttemptError: `attempt` or `if_attempts` no longer holds.
         """
         with self._exclusive():
             current = self._fresh_for_update(erasure_id, require_active)
+            check_fence(current, attempt, if_attempts)
             return self._persist(current.model_copy(update=changes))
+
+    def check_attempt(self, erasure_id: str, attempt: int) -> None:
+        """Raises unless the record is still `running` `attempt` (a read: for writes outside the record, like
+        checkpoints, whose backend cannot take the record's lock): ErasureNotFoundError (deleted),
+        RecordFinishedError (cancelled or finished: the job ends as for `update(require_active=True)`), or
+        StaleAttemptError (another attempt runs it)."""
+        current = self.find(erasure_id)
+        if current is None:
+            raise ErasureNotFoundError(f"no erasure {erasure_id!r}")
+        if current.status.terminal:
+            raise RecordFinishedError(f"erasure {erasure_id} is already {current.status.value}")
+        check_fence(current, attempt, None)
 
     def _fresh_for_update(self, erasure_id: str, require_active: bool) -> ErasureRecord:
         """The current record, under the store lock the caller holds; raises as `update` documents."""
@@ -382,19 +445,27 @@ class ErasureStore:
     # -- artifacts -------------------------------------------------------------------------------------------------
 
     def save_artifact(
-        self, erasure_id: str, artifact: ErasureArtifact, require_active: bool = False, **changes: Any
+        self,
+        erasure_id: str,
+        artifact: ErasureArtifact,
+        require_active: bool = False,
+        *,
+        attempt: int | None = None,
+        **changes: Any,
     ) -> ErasureRecord:
         """Publishes the artifact and marks the record `succeeded` with its hash (plus `changes`).
 
         The artifact is written beside its final name first; then, under the store lock, it is renamed into place
         and the record updated. With `require_active`, a record that became terminal meanwhile (cancelled, or
         published by another worker) is left as it is and the written file is discarded: a job publishes at most
-        once and never over another's artifact.
+        once and never over another's artifact. With `attempt`, only that run of the job may publish (see `update`);
+        a stale run's file is discarded and nothing changes.
         """
         staged = save_artifact(artifact, self.artifacts_dir / f".{erasure_id}.{secrets.token_hex(4)}.tmp")
         try:
             with self._exclusive():
                 current = self._fresh_for_update(erasure_id, require_active)
+                check_fence(current, attempt, None)
                 final = self.artifact_path(erasure_id)
                 os.replace(staged, final)
                 fsync_dir(final.parent)

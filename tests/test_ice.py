@@ -214,6 +214,6 @@ def test_the_prompt_encoding_memo_is_bounded(demo_engine) -> None:
         assert len(memo) == 50 and memo.nbytes <= memo.budget_bytes
         again = encode_cached(demo_engine.context, prompts[:5] + prompts[-5:])  # evicted and kept ones alike
         for space, states in again.items():
-            assert torch.allclose(states, torch.cat([first[space][:5], first[space][-5:]]), atol=1e-6)
+            assert torch.allclose(states, torch.cat([first[space][:5], first[space][-5:]]), atol=1e-5)
     finally:
         demo_engine.context.cache["encoded"] = saved if saved is not None else EncodingMemo()

@@ -40,7 +40,7 @@ LAYERS: dict[str, tuple[tuple[str, ...], ...]] = {
         ("service.api",),  # routers, dependencies, the error table, middleware
         ("service.runtime",),  # request logic: erasures, generation, scheduling, adapters, tenancy
         ("service.jobs",),  # job execution, runners, the queue, the worker
-        ("service.store", "service.schemas", "service.pipelines"),
+        ("service.store", "service.store_redis", "service.schemas", "service.pipelines"),
         ("service.settings", "service.errors", "service.metrics", "service"),
     ),
 }

@@ -2,7 +2,8 @@
 
 Velocities follow `FluxPipeline` exactly: the transformer gets packed 2x2 latents, the timestep as sigma in [0, 1]
 (the pipeline divides its 0..1000 timesteps by 1000), zero text ids and (row, col) image ids; x_t moves along
-x_{t'} = x_t + (sigma' - sigma) v, with v ~ noise - x0.
+x_{t'} = x_t + (sigma' - sigma) v, with v ~ noise - x0. `size` (square side in pixels) trains below the native size
+(real models train at 512); None is the native size.
 """
 
 from __future__ import annotations
@@ -70,9 +71,11 @@ class FluxTrainingOps:
         txt_ids = torch.zeros(cond.tokens.shape[1], 3, device=device, dtype=dtype)
         return img_ids, txt_ids
 
-    def velocity(self, pipe: Any, latents: torch.Tensor, sigma: torch.Tensor, cond: TextCondition) -> torch.Tensor:
+    def velocity(
+        self, pipe: Any, latents: torch.Tensor, sigma: torch.Tensor, cond: TextCondition, size: int | None = None
+    ) -> torch.Tensor:
         """v(x_t, sigma, text) from the transformer, as FluxPipeline calls it (guidance-distilled models get 3.5)."""
-        grid = self.latent_grid(pipe)
+        grid = self.latent_grid(pipe, size, size)
         img_ids, txt_ids = self.ids(pipe, cond, grid)
         guidance = None
         if pipe.transformer.config.guidance_embeds:
@@ -88,14 +91,14 @@ class FluxTrainingOps:
             return_dict=False,
         )[0]
 
-    def noise(self, pipe: Any, n: int, generator: torch.Generator) -> torch.Tensor:
-        c, h, w = self.latent_grid(pipe)
+    def noise(self, pipe: Any, n: int, generator: torch.Generator, size: int | None = None) -> torch.Tensor:
+        c, h, w = self.latent_grid(pipe, size, size)
         x = torch.randn(n, c, h, w, generator=generator)
         return pipe._pack_latents(x, n, c, h, w).to(pipe.transformer.device, pipe.transformer.dtype)
 
-    def sigmas(self, pipe: Any, steps: int) -> torch.Tensor:
+    def sigmas(self, pipe: Any, steps: int, size: int | None = None) -> torch.Tensor:
         """The pipeline's own shifted sigma schedule for `steps` steps (ending at 0)."""
-        _, h, w = self.latent_grid(pipe)
+        _, h, w = self.latent_grid(pipe, size, size)
         seq_len = (h // 2) * (w // 2)
         cfg = pipe.scheduler.config
         raw = torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float64)
@@ -112,14 +115,20 @@ class FluxTrainingOps:
 
     @torch.no_grad()
     def sample_partial(
-        self, pipe: Any, cond: TextCondition, steps: int, stop: int, generator: torch.Generator
+        self,
+        pipe: Any,
+        cond: TextCondition,
+        steps: int,
+        stop: int,
+        generator: torch.Generator,
+        size: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Runs `stop` of `steps` Euler steps from noise; returns (x_t, sigma_t) with sigma_t per sample."""
-        sig = self.sigmas(pipe, steps)
-        x = self.noise(pipe, cond.tokens.shape[0], generator)
+        sig = self.sigmas(pipe, steps, size)
+        x = self.noise(pipe, cond.tokens.shape[0], generator, size)
         for i in range(stop):
             s = sig[i].expand(x.shape[0]).to(x)
-            x = x + (sig[i + 1] - sig[i]) * self.velocity(pipe, x, s, cond)
+            x = x + (sig[i + 1] - sig[i]) * self.velocity(pipe, x, s, cond, size)
         return x, sig[stop].expand(x.shape[0]).to(x)
 
     @contextmanager

@@ -41,9 +41,13 @@ from service.errors import (
     OverloadedError,
     PayloadTooLargeError,
     PolicyConflictError,
+    PolicyNotCoveredError,
     PolicyNotFoundError,
+    PolicyUnavailableError,
     QueueUnavailableError,
     QuotaExceededError,
+    StoreUnavailableError,
+    TenantNotFoundError,
     UnauthorizedError,
 )
 from service.schemas import ErrorResponse
@@ -63,6 +67,9 @@ STATUS: dict[type[ErasureError], int] = {
     ErasureInPolicyError: 409,
     PolicyConflictError: 409,
     PolicyNotFoundError: 404,
+    TenantNotFoundError: 404,
+    PolicyNotCoveredError: 409,
+    PolicyUnavailableError: 503,
     IncompatibleAdapterError: 409,
     ArtifactError: 409,
     InvalidLoraError: 422,  # a LoRA given for import (`method: import`) is unusable
@@ -76,6 +83,7 @@ STATUS: dict[type[ErasureError], int] = {
     CapacityError: 503,
     ModelLoadError: 503,
     QueueUnavailableError: 503,
+    StoreUnavailableError: 503,
 }
 
 # Framework statuses that carry no typed error.
@@ -84,6 +92,10 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 # What every route documents: each status of the table, malformed JSON (400) and the catch-all (500).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in sorted({*STATUS.values(), 400, 422, 500})
+}
+# Every 429 (`overloaded`, `quota_exceeded`) says when to come back.
+ERROR_RESPONSES[429]["headers"] = {
+    "Retry-After": {"description": "Seconds until the request may be admitted.", "schema": {"type": "integer"}}
 }
 
 
@@ -131,7 +143,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
-    return error_response(exc.status_code, code, str(exc.detail))
+    # Keep the framework's headers: a 405 carries `Allow` (RFC 9110), which clients and the contract test read.
+    return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers) if exc.headers else None)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

@@ -8,6 +8,16 @@ off. rq's own abandoned-job detection waits for the job timeout plus a minute, f
 trainings, so each running job also holds a short lease that its worker renews; a reaper (run by every worker and
 by the API) puts a job whose lease lapsed back on the queue, and it resumes from its checkpoint.
 
+A lease alone cannot stop a worker that pauses (GC, SIGSTOP) or is cut off from Redis past its TTL, so:
+- a worker counts its lease lost once it has gone a TTL without a successful renewal, and its job stops at the next
+  step (`Lease.lost`); it never re-takes a lease it may have lost;
+- every write a job makes is fenced by its attempt in the store (`service.store`), so whatever a stale worker still
+  tries after another attempt took the job over (progress, checkpoint, outcome, artifact) is refused;
+- the reaper's own writes are compare-and-sets on the attempt it read, so it never re-queues a job a worker has just
+  started.
+The reaper also reconciles the store with the queue (`reconcile`): an unfinished record Redis knows nothing about
+(Redis lost its data, or the API stopped during inline work) is re-queued, or failed once out of attempts.
+
 Keys, all under `ERASURE_QUEUE_PREFIX` (default `erasure-`; one prefix per deployment sharing a Redis):
 `{prefix}{model}` (the rq queue of one model), `{prefix}lease:{id}` (the running worker's token, TTL `job_lease_s`),
 `{prefix}cancel:{id}` (set by DELETE), `{prefix}active` (ids of unfinished jobs, for the reaper), `{prefix}rqjob:{id}`
@@ -24,7 +34,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import redis
 from rq import Queue
@@ -36,7 +46,7 @@ from rq.serializers import JSONSerializer
 from service.errors import ErasureNotFoundError, QueueUnavailableError
 from service.jobs.execution import JobExecutor
 from service.settings import Settings
-from service.store import ErasureRecord, ErasureStore, ErrorInfo, JobStatus, RecordFinishedError
+from service.store import ErasureRecord, ErasureStore, ErrorInfo, JobStatus, RecordFinishedError, StaleAttemptError
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +112,35 @@ class Lease:
         self.key = key
         self.ttl_ms = int(ttl_s * 1000)
         self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.lost = False
+        self._taken = False  # another owner holds it
+        self._held_since: float | None = None  # monotonic time of the last successful take or renewal (sent at)
+
+    @property
+    def lost(self) -> bool:
+        """True once another owner took the lease, or a whole TTL passed without a successful renewal (it has
+        lapsed in Redis by then, so another worker may have it): the holder must stop."""
+        if self._taken:
+            return True
+        return self._held_since is None or time.monotonic() - self._held_since >= self.ttl_ms / 1000
 
     def acquire(self) -> bool:
-        return bool(self.conn.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        sent = time.monotonic()  # Redis starts the TTL when it gets the command: never earlier than this
+        if not self.conn.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            return False
+        self._held_since = sent
+        return True
 
     def renew(self) -> bool:
-        """Extends the lease (re-taking it if it lapsed and nobody else took it). False: another worker owns it."""
-        return bool(self.conn.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))
+        """Extends the lease (re-taking it if Redis lost it while it was still ours and nobody else took it).
+        False: it is no longer ours (another owner, or a TTL passed without renewal)."""
+        if self.lost:
+            return False
+        sent = time.monotonic()
+        if not self.conn.eval(_RENEW, 1, self.key, self.token, self.ttl_ms):
+            self._taken = True
+            return False
+        self._held_since = sent
+        return True
 
     def release(self) -> None:
         try:
@@ -126,9 +157,9 @@ class Lease:
             while not done.wait(self.ttl_ms / 3000):
                 try:
                     if not self.renew():
-                        self.lost = True
+                        logger.warning("lease %s lost; its job stops at its next step", self.key)
                         return
-                except redis.RedisError as e:  # keep trying: the job is fine while Redis is briefly away
+                except redis.RedisError as e:  # keep trying while a TTL lasts: Redis may be briefly away
                     logger.warning("lease renewal of %s failed: %s", self.key, e)
 
         thread = threading.Thread(target=renew_loop, name=f"lease-{self.key}", daemon=True)
@@ -178,9 +209,10 @@ def _waiting_for_a_worker(conn: redis.Redis, keys: Keys, erasure_id: str, grace_
 
 def reap(conn: redis.Redis, store: ErasureStore, settings: Settings) -> dict[str, int]:
     """One pass over unfinished jobs: a job whose worker died (lease lapsed) or that Redis lost goes back on the
-    queue, or fails as `worker_lost` once it has been started `job_max_attempts` times."""
+    queue, or fails as `worker_lost` once it has been started `job_max_attempts` times. Then reconciles the store
+    with the queue (`reconcile`)."""
     keys = Keys(settings.queue_prefix)
-    counts = {"requeued": 0, "failed": 0, "forgotten": 0}
+    counts = {"requeued": 0, "failed": 0, "forgotten": 0, "watched": 0}
     for raw in conn.smembers(keys.active):
         erasure_id = _text(raw)
         record = store.find(erasure_id)
@@ -192,28 +224,73 @@ def reap(conn: redis.Redis, store: ErasureStore, settings: Settings) -> dict[str
             continue
         if not conn.set(keys.reaping(erasure_id), "1", nx=True, ex=max(1, int(settings.job_lease_s))):
             continue  # another reaper is on it
-        counts[_requeue_or_fail(conn, store, settings, record)] += 1
+        counts[_requeue_or_fail(conn, store, settings, record, "its worker stopped")] += 1
+    for key, n in reconcile(conn, store, settings).items():
+        counts[key] += n
     if any(counts.values()):
         logger.info("reaper: %s", counts)
     return counts
 
 
-def _requeue_or_fail(conn: redis.Redis, store: ErasureStore, settings: Settings, record: ErasureRecord) -> str:
+def reconcile_grace_s(settings: Settings) -> float:
+    """How old an unfinished record Redis does not know must be before `reconcile` acts on it: longer than the
+    moment between writing a record and queueing it, and than an inline erasure computed while Redis was away."""
+    return max(2 * settings.job_lease_s, 30.0)
+
+
+def reconcile(
+    conn: redis.Redis, store: ErasureStore, settings: Settings, grace_s: float | None = None
+) -> dict[str, int]:
+    """Unfinished records the queue does not track (not in `{prefix}active`): after Redis lost its data (FLUSHALL,
+    a failover without persistence) or an API crash during inline work, nothing would ever finish them. One held by
+    a live worker (its lease is back) or waiting in rq is tracked again; any other is re-queued while attempts
+    remain, else failed (`job_lost`). Records younger than `grace_s` are left: they may be on their way."""
+    keys = Keys(settings.queue_prefix)
+    grace = reconcile_grace_s(settings) if grace_s is None else grace_s
+    counts = {"requeued": 0, "failed": 0, "forgotten": 0, "watched": 0}
+    tracked = {_text(m) for m in conn.smembers(keys.active)}
+    now = time.time()
+    for record in store.list():
+        if record.status.terminal or record.id in tracked:
+            continue
+        if now - max(record.created_at, record.started_at or 0.0) < grace:
+            continue
+        if conn.exists(keys.lease(record.id)) or _waiting_for_a_worker(conn, keys, record.id, settings.job_lease_s):
+            conn.sadd(keys.active, record.id)
+            counts["watched"] += 1
+            continue
+        if not conn.set(keys.reaping(record.id), "1", nx=True, ex=max(1, int(settings.job_lease_s))):
+            continue
+        counts[_requeue_or_fail(conn, store, settings, record, "the job queue lost it")] += 1
+    return counts
+
+
+def _requeue_or_fail(
+    conn: redis.Redis, store: ErasureStore, settings: Settings, record: ErasureRecord, why: str
+) -> str:
+    """Re-queues the job or fails it; each a compare-and-set on the attempt read, so a worker that started the
+    job meanwhile keeps it."""
     try:
         if record.attempts >= settings.job_max_attempts:
-            message = f"the job's worker stopped {record.attempts} times without finishing it"
-            failure = ErrorInfo(code="worker_lost", message=message)
+            code = "worker_lost" if why == "its worker stopped" else "job_lost"
+            message = f"{why}, and it had been started {record.attempts} times without finishing"
+            failure = ErrorInfo(code=code, message=message)
             store.update(
-                record.id, require_active=True, status=JobStatus.failed, finished_at=time.time(), error=failure
+                record.id,
+                require_active=True,
+                if_attempts=record.attempts,
+                status=JobStatus.failed,
+                finished_at=time.time(),
+                error=failure,
             )
             conn.srem(Keys(settings.queue_prefix).active, record.id)
             logger.error("erasure %s failed: %s", record.id, message)
             return "failed"
-        store.update(record.id, require_active=True, status=JobStatus.queued, eta_s=None)
-    except (RecordFinishedError, ErasureNotFoundError):
+        store.update(record.id, require_active=True, if_attempts=record.attempts, status=JobStatus.queued, eta_s=None)
+    except (RecordFinishedError, ErasureNotFoundError, StaleAttemptError):
         return "forgotten"
     job_id = enqueue(conn, settings, record.id, record.model)
-    logger.warning("erasure %s: its worker is gone; re-queued as %s (resumes from its checkpoint)", record.id, job_id)
+    logger.warning("erasure %s: %s; re-queued as %s (resumes from its checkpoint)", record.id, why, job_id)
     return "requeued"
 
 
@@ -258,7 +335,20 @@ class RedisRunner:
             raise QueueUnavailableError(f"the job queue (Redis) is unreachable: {e}") from e
 
     def run_inline(self, erasure_id: str) -> ErasureRecord:
-        self.executor.execute(erasure_id, raise_errors=True)
+        """Runs a closed-form job here, holding its lease while Redis answers: the reaper then tells a job this
+        process is computing from one a crashed API left `running` (which it re-queues)."""
+        lease = Lease(self.conn, Keys(self.settings.queue_prefix).lease(erasure_id), self.settings.job_lease_s)
+        try:
+            held = lease.acquire()
+        except redis.RedisError as e:  # ICE keeps working while Redis is away
+            logger.warning("erasure %s runs without a lease (Redis: %s)", erasure_id, e)
+            held = False
+        try:
+            with lease.kept_alive() if held else nullcontext():
+                self.executor.execute(erasure_id, raise_errors=True)
+        finally:
+            if held:
+                lease.release()
         return self.store.get(erasure_id)
 
     def submit(self, erasure_id: str) -> None:
@@ -278,10 +368,17 @@ class RedisRunner:
             logger.warning("could not flag %s cancelled in Redis (%s); the record's status stops it", erasure_id, e)
 
     def resume(self) -> int:
-        """Starts the API's reaper: jobs of dead workers go back on the queue even when no worker is running."""
+        """Reconciles the store with the queue once now, then starts the API's reaper: jobs of dead workers, and
+        jobs Redis lost, go back on the queue (or fail) even when no worker is running. Returns how many were
+        re-queued now."""
+        requeued = 0
+        try:
+            requeued = reap(self.conn, self.store, self.settings)["requeued"]
+        except (redis.RedisError, OSError) as e:
+            logger.warning("startup reconcile with the queue failed (the reaper retries): %s", e)
         if self.reaper is None:
             self.reaper = Reaper(self.conn, self.store, self.settings).start()
-        return 0
+        return requeued
 
     def close(self) -> None:
         if self.reaper is not None:

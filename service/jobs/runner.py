@@ -3,7 +3,10 @@
 A job is its erasure id; `service.jobs.execution.JobExecutor` runs it from the record. Closed-form methods (ICE) run
 inline in the request (`run_inline`); trained methods are queued (`submit`):
   - `EmbeddedRunner` (no `ERASURE_REDIS_URL`): one background thread of the service process. Unfinished jobs are
-    resubmitted when the service restarts and resume from their checkpoints.
+    resubmitted when the service restarts and resume from their checkpoints; one already started
+    `ERASURE_JOB_MAX_ATTEMPTS` times fails as `worker_lost` instead (a job that kills its process would otherwise
+    restart with every start of the service, forever). A trained job takes turns with generation on the shared
+    pipeline, one training step at a time (`service.jobs.turns`).
   - `RedisRunner` (`service.jobs.redis_queue`): an rq queue in Redis, executed by `erasure worker` processes.
 Both give the same semantics: statuses, progress, cancellation (`cancel` asks a running job to stop at its next
 step), crash safety.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -20,7 +24,14 @@ from service.jobs.execution import JobExecutor, Outcome
 from service.metrics import Metrics
 from service.pipelines import PipelinePool
 from service.settings import Settings
-from service.store import ErasureRecord, ErasureStore
+from service.store import (
+    ErasureRecord,
+    ErasureStore,
+    ErrorInfo,
+    JobStatus,
+    RecordFinishedError,
+    StaleAttemptError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +58,10 @@ class JobRunner(Protocol):
 class EmbeddedRunner:
     """Runs jobs in this process: inline ones in the caller's thread, queued ones in one background thread."""
 
-    def __init__(self, executor: JobExecutor, workers: int = 1) -> None:
+    def __init__(self, executor: JobExecutor, workers: int = 1, max_attempts: int = 3) -> None:
         self.executor = executor
         self.store = executor.store
+        self.max_attempts = max_attempts
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="erasure-job")
         self._futures: dict[str, Future[Any]] = {}
         self._cancelled: set[str] = set()
@@ -76,12 +88,36 @@ class EmbeddedRunner:
             self._forget(erasure_id)
 
     def resume(self) -> int:
-        """Resubmits every job the store holds as queued or running: the process that ran it is gone."""
-        unfinished = [r.id for r in self.store.list() if not r.status.terminal]
-        for erasure_id in unfinished:
-            logger.info("resuming erasure job %s left unfinished by a previous run", erasure_id)
-            self.submit(erasure_id)
-        return len(unfinished)
+        """Resubmits every job the store holds as queued or running (the process that ran it is gone), or fails it
+        once it has been started `max_attempts` times. Returns how many were resubmitted."""
+        resumed = 0
+        for record in self.store.list():
+            if record.status.terminal:
+                continue
+            if record.attempts >= self.max_attempts:
+                self._give_up(record)
+                continue
+            logger.info("resuming erasure job %s left unfinished by a previous run", record.id)
+            self.submit(record.id)
+            resumed += 1
+        return resumed
+
+    def _give_up(self, record: ErasureRecord) -> None:
+        message = f"the service stopped {record.attempts} times while running this job"
+        failure = ErrorInfo(code="worker_lost", message=message)
+        try:
+            self.store.update(
+                record.id,
+                require_active=True,
+                if_attempts=record.attempts,
+                status=JobStatus.failed,
+                finished_at=time.time(),
+                error=failure,
+            )
+        except (RecordFinishedError, StaleAttemptError):
+            return
+        self.store.drop_checkpoint(record.id)
+        logger.error("erasure %s failed: %s", record.id, message)
 
     def close(self) -> None:
         """Stops a running job at its next step without finishing its record: the next start resumes it."""
@@ -111,4 +147,5 @@ def create_runner(settings: Settings, pool: PipelinePool, store: ErasureStore, m
         from service.jobs.redis_queue import RedisRunner
 
         return RedisRunner(settings, JobExecutor(pool, store, metrics, exclusive_pipeline=True))
-    return EmbeddedRunner(JobExecutor(pool, store, metrics, exclusive_pipeline=True))
+    executor = JobExecutor(pool, store, metrics, exclusive_pipeline=True)
+    return EmbeddedRunner(executor, max_attempts=settings.job_max_attempts)

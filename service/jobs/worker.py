@@ -30,7 +30,8 @@ from service.jobs.redis_queue import JOB_FUNCTION, Keys, Lease, Reaper, connect,
 from service.metrics import Metrics
 from service.pipelines import PipelinePool
 from service.settings import Settings, get_settings
-from service.store import ErasureStore, is_valid_id
+from service.store import is_valid_id
+from service.store_redis import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,10 @@ class WorkerContext:
         if outcome != Outcome.abandoned:
             record = self.executor.store.find(erasure_id)
             if record is None or record.status.terminal:
-                self.conn.srem(self.keys.active, erasure_id)
+                try:
+                    self.conn.srem(self.keys.active, erasure_id)
+                except redis.RedisError as e:  # the reaper forgets it on its next pass
+                    logger.warning("could not untrack %s (%s)", erasure_id, e)
         logger.info("erasure %s: %s", erasure_id, outcome.value)
         return outcome.value
 
@@ -79,7 +83,7 @@ _context: WorkerContext | None = None
 def build_context(settings: Settings) -> WorkerContext:
     """Loads the pipelines and opens the store and Redis: once per worker process."""
     pool = PipelinePool.load(settings)
-    store = ErasureStore(settings.data_dir)
+    store = open_store(settings)
     store.ensure_dirs()
     executor = JobExecutor(pool, store, Metrics(), exclusive_pipeline=False)
     return WorkerContext(settings, connect(settings), executor)

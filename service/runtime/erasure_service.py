@@ -112,6 +112,8 @@ class ErasureService:
         # What the config points at (an imported LoRA) is read and checked against the model before any write.
         await asyncio.to_thread(method.check_config, handle.engine.context, config)
         await self._check_policy(principal, request.model, spec, method.name)
+        # Nothing is awaited from the quota check to `store.add`: the event loop makes check and write one step, so
+        # two concurrent requests cannot both take a tenant's last slot.
         self.quotas.check_new_erasure(principal, method.trained)
         if method.trained:
             self.runner.check_available()  # QueueUnavailableError (503) before anything is written

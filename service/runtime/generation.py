@@ -10,20 +10,25 @@ from __future__ import annotations
 import logging
 import secrets
 
+import torch
+
 from erasure_core.adapters import ErasureSet
+from erasure_core.engines import GenerationParams
 from service.errors import (
     ErasureNotFoundError,
     ErasureNotReadyError,
     InvalidRequestError,
+    OverloadedError,
     PayloadTooLargeError,
     PolicyConflictError,
+    PolicyNotCoveredError,
 )
 from service.pipelines import ModelDefaults, PipelinePool
 from service.runtime.quotas import Quotas
 from service.runtime.scheduler import GenerationScheduler
 from service.runtime.tenancy import Principal, Tenancy
 from service.settings import Settings, parse_size
-from service.store import ErasureStore, JobStatus, is_valid_id
+from service.store import ErasureRecord, ErasureStore, JobStatus, is_valid_id
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +51,27 @@ class GenerationService:
         self.store = store
         self.tenancy = tenancy
         self.schedulers = schedulers
+
+    async def run_charged(
+        self,
+        principal: Principal,
+        cost: float,
+        model: str,
+        erasures: ErasureSet,
+        prompts: list[str],
+        seeds: list[int],
+        params: GenerationParams,
+    ) -> torch.Tensor:
+        """Charges `cost` (`quotas.generation_cost`) to the tenant's quota, queues the request and waits for it. Work
+        that never runs (refused by a full queue, or dropped because its client left) is not charged."""
+        charge = self.quotas.charge_generation(principal, cost)
+        try:
+            return await self.schedulers[model].submit(
+                erasures, prompts, seeds, params, on_drop=lambda: self.quotas.refund(charge)
+            )
+        except OverloadedError:
+            self.quotas.refund(charge)
+            raise
 
     @staticmethod
     def _seed(seed: int | None) -> int:
@@ -102,16 +128,31 @@ class GenerationService:
                 raise ErasureNotReadyError(f"erasure {erasure_id} is {record.status.value}, not ready")
             chosen.add(erasure_id)
         mandatory: set[str] = set()
+        elsewhere: list[ErasureRecord] = []
         for erasure_id in self.tenancy.mandatory(principal):
             record = self.store.find(erasure_id)
             if record is not None and record.model != model:
+                elsewhere.append(record)
                 continue
             if record is None or record.status != JobStatus.succeeded:
                 logger.error("mandatory erasure %s for tenant %s is unavailable", erasure_id, principal.tenant)
                 raise ErasureNotReadyError(f"a mandatory erasure ({erasure_id}) required by policy is not available")
             mandatory.add(erasure_id)
+        self._check_coverage(elsewhere, mandatory, model)
         self._check_imports(chosen - mandatory, mandatory)
         return ErasureSet(chosen | mandatory)
+
+    def _check_coverage(self, elsewhere: list[ErasureRecord], mandatory: set[str], model: str) -> None:
+        """A concept the policy removes from another model's outputs must be removed from this one's too: a Flux
+        erasure cannot act on Open-Sora, so without an erasure of the same concept for this model the request is
+        refused (fail closed), never run without it."""
+        covered = {c for i in mandatory if (r := self.store.find(i)) is not None for c in _concepts(r)}
+        missing = sorted({c for r in elsewhere for c in _concepts(r)} - covered)
+        if missing:
+            raise PolicyNotCoveredError(
+                f"the mandatory policy removes {missing} but has no erasure of them for model {model!r}; "
+                "the operator must add one before this tenant can use this model"
+            )
 
     def _check_imports(self, requested: set[str], mandatory: set[str]) -> None:
         """A tenant's imported LoRA never runs under a mandatory policy (it could draw what the policy removes in
@@ -124,3 +165,9 @@ class GenerationService:
                 raise PolicyConflictError(
                     f"erasure {erasure_id} is a tenant's imported LoRA; it cannot be used under a mandatory policy"
                 )
+
+
+def _concepts(record: ErasureRecord) -> set[str]:
+    """The concepts an erasure record removes, case-folded (its main concept and `also`)."""
+    spec = record.spec
+    return {str(c).casefold() for c in [spec.get("concept"), *spec.get("also", [])] if c}

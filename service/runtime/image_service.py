@@ -55,9 +55,9 @@ class ImageService(GenerationService):
         seed = self._seed(request.seed)
         if seed + n - 1 > MAX_SEED:
             raise InvalidRequestError(f"seed + n - 1 must not exceed {MAX_SEED}")
-        self.quotas.charge_generation(principal, generation_cost(width, height, params.steps, n))
-        images = await self.schedulers[request.model].submit(
-            erasures, [request.prompt] * n, [seed + i for i in range(n)], params
+        cost = generation_cost(width, height, params.steps, n)
+        images = await self.run_charged(
+            principal, cost, request.model, erasures, [request.prompt] * n, [seed + i for i in range(n)], params
         )
         encoded = await asyncio.to_thread(_encode_pngs, images)
         return GenerationResult(int(time.time()), encoded, list(erasures), seed, f"{width}x{height}")

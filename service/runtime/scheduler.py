@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,11 +77,17 @@ class GenerationScheduler:
         return self.manager.handle.name
 
     async def submit(
-        self, erasures: ErasureSet, prompts: list[str], seeds: list[int], params: GenerationParams
+        self,
+        erasures: ErasureSet,
+        prompts: list[str],
+        seeds: list[int],
+        params: GenerationParams,
+        on_drop: Callable[[], None] | None = None,
     ) -> torch.Tensor:
         """Queues one request and waits for its images [N, 3, H, W] (clips [N, F, 3, H, W] from a video engine).
 
-        Raises OverloadedError when the queue is full."""
+        Raises OverloadedError when the queue is full. Cancelling the wait before the request started drops it
+        (it never runs) and calls `on_drop` (the caller's quota charge is given back)."""
         if len(self._pending) >= self.max_queue:
             self.metrics.rejected.inc(model=self.model)
             raise OverloadedError(f"the {self.model} queue is full ({self.max_queue} requests waiting); retry later")
@@ -97,6 +104,8 @@ class GenerationScheduler:
                 self._pending.remove(job)
                 self.metrics.dropped.inc(model=self.model)
                 logger.info("dropped a queued %s request: its client went away", self.model)
+                if on_drop is not None:
+                    on_drop()
             raise
 
     def pick(self) -> GenerationJob:

@@ -21,14 +21,14 @@ from service.runtime.adapter_manager import AdapterManager
 from service.runtime.erasure_service import ErasureService
 from service.runtime.image_service import ImageService
 from service.runtime.models import ModelCatalog, ServedModel
-from service.runtime.policy import PolicyBook
+from service.runtime.policy import PolicyBook, policy_storage
 from service.runtime.policy_service import PolicyService
 from service.runtime.quotas import Quotas
 from service.runtime.scheduler import GenerationScheduler
 from service.runtime.tenancy import Tenancy
 from service.runtime.video_service import VideoService
 from service.settings import Settings
-from service.store import ErasureStore
+from service.store_redis import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +39,15 @@ class ServiceRuntime:
     def __init__(self, settings: Settings, pool: PipelinePool | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.policy = PolicyBook(settings)
+        self.policy = PolicyBook(settings, policy_storage(settings))
         self.tenancy = Tenancy(settings, self.policy)
-        self.store = ErasureStore(settings.data_dir)
+        self.store = open_store(settings)
         self.pool = pool or PipelinePool()
         self.runner: JobRunner = create_runner(settings, self.pool, self.store, self.metrics)
         self._preloaded = pool is not None
         self.managers: dict[str, AdapterManager] = {}
         self.schedulers: dict[str, GenerationScheduler] = {}
-        self.quotas = Quotas(settings, self.store)
+        self.quotas = Quotas(settings, self.store, self.metrics)
         self.erasures = ErasureService(
             self.pool, self.store, self.runner, self.tenancy, self.managers, self.quotas, settings.import_dir
         )

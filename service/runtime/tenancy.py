@@ -15,7 +15,13 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from service.errors import ErasureInPolicyError, ForbiddenError, InvalidRequestError, UnauthorizedError
+from service.errors import (
+    ErasureInPolicyError,
+    ForbiddenError,
+    InvalidRequestError,
+    TenantNotFoundError,
+    UnauthorizedError,
+)
 from service.runtime.policy import ALL_TENANTS, PolicyBook
 from service.settings import HASHED_KEY_PREFIX, Settings
 from service.store import ErasureRecord
@@ -51,7 +57,7 @@ class Tenancy:
     def check_policy_tenant(self, tenant: str) -> None:
         """A policy is for a known tenant or for all (`*`): a typo must not silently apply to nobody."""
         if tenant != ALL_TENANTS and tenant not in self.tenants:
-            raise InvalidRequestError(
+            raise TenantNotFoundError(
                 f"unknown tenant {tenant!r}: a policy names a tenant an API key belongs to, or '*' for every tenant"
             )
 

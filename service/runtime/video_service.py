@@ -77,8 +77,8 @@ class VideoService(GenerationService):
         )
         erasures = self.resolve_erasures(principal, request.erasures, request.model)
         seed = self._seed(request.seed)
-        self.quotas.charge_generation(principal, generation_cost(width, height, params.steps, num_frames))
-        clips = await self.schedulers[request.model].submit(erasures, [request.prompt], [seed], params)
+        cost = generation_cost(width, height, params.steps, num_frames)
+        clips = await self.run_charged(principal, cost, request.model, erasures, [request.prompt], [seed], params)
         items = await asyncio.to_thread(encode_clip, clips[0], request.response_format, fps)
         return VideoResult(int(time.time()), items, list(erasures), seed, f"{width}x{height}", num_frames, fps)
 

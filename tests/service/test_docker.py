@@ -43,6 +43,8 @@ def test_every_variable_is_a_setting() -> None:
         "ERASURE_PUBLISH_PORT",
         "ERASURE_API_KEYS_SECRET",
         "ERASURE_REDIS_PASSWORD_SECRET",
+        "ERASURE_API_GPU",
+        "ERASURE_WORKER_GPU",
     }
     unknown = used - _settings_env_names() - host_side
     assert not unknown, f"variables that no setting reads: {sorted(unknown)}"
@@ -58,6 +60,7 @@ def test_compose_matches_cli_and_image() -> None:
         assert service["command"][0] in commands
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
+        assert devices[0].get("count") or devices[0].get("device_ids")
         assert "/data" in " ".join(service["volumes"]) and "/models" in " ".join(service["volumes"])
     assert services["api"]["environment"]["ERASURE_REDIS_URL"].startswith("redis://redis:")
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -107,3 +110,36 @@ def test_the_containers_never_start_open() -> None:
         assert env["ERASURE_API_KEYS_FILE"] == "/run/secrets/api_keys" and "api_keys" in services[name]["secrets"]
     assert "file" in compose["secrets"]["api_keys"]
     assert Settings.model_fields["auth"].default == "on"
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's `${NAME:-default}` interpolation (the only form these files use)."""
+    return re.sub(r"\$\{([A-Z_0-9]+):-([^}]*)\}", lambda m: env.get(m.group(1)) or m.group(2), value)
+
+
+def test_gpus_are_shared_by_default_and_assignable_per_service() -> None:
+    """API and worker reserve GPU 0 unless ERASURE_API_GPU / ERASURE_WORKER_GPU name other devices."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+
+    def gpu(name: str, env: dict[str, str]) -> list[str]:
+        device = services[name]["deploy"]["resources"]["reservations"]["devices"][0]
+        assert "count" not in device  # device_ids and count are exclusive in compose
+        return [_interpolate(d, env) for d in device["device_ids"]]
+
+    assert gpu("api", {}) == gpu("worker", {}) == ["0"]
+    chosen = {"ERASURE_API_GPU": "0", "ERASURE_WORKER_GPU": "1"}
+    assert gpu("api", chosen) == ["0"] and gpu("worker", chosen) == ["1"]
+
+
+def test_hf_token_and_memory_settings_reach_api_and_worker() -> None:
+    """HF_TOKEN comes from the host's environment (optional, empty when unset); the real-model memory settings are
+    passed through with the settings' own defaults."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        assert _interpolate(env["HF_TOKEN"], {}) == ""
+        assert _interpolate(env["HF_TOKEN"], {"HF_TOKEN": "hf_abc"}) == "hf_abc"
+        for setting in ("offload", "vae_tiling", "vae_slicing", "quantize", "dtype"):
+            value = _interpolate(env[f"ERASURE_{setting.upper()}"], {})
+            default = Settings.model_fields[setting].default
+            assert value == str(default).lower(), setting

@@ -101,7 +101,7 @@ def test_policy_routes_are_the_operators(world: dict) -> None:
             assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden"
     with server.client(OP) as op:
         for tenant, body, status, code in (
-            ("mallory", {"erasures": [world["policy"]]}, 422, "invalid_request"),  # no such tenant
+            ("mallory", {"erasures": [world["policy"]]}, 404, "tenant_not_found"),  # no key belongs to it
             ("alice", {"erasures": [world["bob_own"]]}, 422, "invalid_request"),  # another tenant's erasure
             ("alice", {"erasures": ["er_" + "0" * 32]}, 404, "erasure_not_found"),
             ("alice", {"erasures": []}, 422, "invalid_request"),
@@ -239,3 +239,35 @@ def test_the_policy_holds_above_remaps_on_the_fills_world(fills_server: LiveServ
         # The rest of the world is untouched: other shapes and fills keep being drawn.
         assert fills_rate(alice, "a solid {c} crescent", "shape", "crescent", []) >= 0.9
         assert fills_rate(alice, "a {c} heart in the style of Quillon", "fill", "dotted", []) >= 0.9
+
+
+def test_replicas_on_a_redis_store_share_the_policy(
+    start_server: Callable[..., LiveServer], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two replicas with no shared folder (`ERASURE_STORE=redis`): a policy set through one holds on the other at its
+    next request, and its erasure cannot be deleted through either."""
+    import uuid
+
+    import redis
+
+    prefix = f"erasure-test-policy-{uuid.uuid4().hex[:8]}-"
+    shared = {"api_keys": KEYS, "store": "redis", "redis_url": "redis://127.0.0.1:6379/0", "queue_prefix": prefix}
+    a = start_server(tmp_path_factory.mktemp("replica-a"), **shared)
+    b = start_server(tmp_path_factory.mktemp("replica-b"), **shared)
+    try:
+        with a.client(OP) as op_a, b.client(OP) as op_b, b.client(ALICE) as alice_b:
+            policy = create(op_a, concept="triangle")
+            assert op_a.put("/v1/policies/alice", json={"erasures": [policy]}).status_code == 200
+            assert op_b.get("/v1/policies").json()["data"] == [
+                {"tenant": "alice", "erasures": [policy], "source": "api"}
+            ]
+            answer = alice_b.post("/v1/images/generations", json={"prompt": "a red triangle", "steps": 2})
+            assert answer.status_code == 200 and answer.json()["erasures"] == [policy]
+            response = op_b.delete(f"/v1/erasures/{policy}")
+            assert response.status_code == 409 and response.json()["error"]["code"] == "erasure_in_policy"
+    finally:
+        a.stop()
+        b.stop()
+        conn = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+        for key in conn.scan_iter(f"{prefix}*"):
+            conn.delete(key)

@@ -261,17 +261,26 @@ def test_mandatory_and_isolation(video_server: LiveServer) -> None:
         assert answer["data"] == alone[tuple(answer["erasures"])]
 
     # Policy makes both erasures mandatory for the default tenant (set on the live server's settings, which the
-    # tenancy reads per request): the Open-Sora one applies to every clip; the Flux one is skipped for video.
+    # policy reads per request): the Open-Sora one applies to every clip (the Flux one cannot act on video, and
+    # its concept is covered). With only the Flux one, video is refused rather than run without the concept removed.
     settings = video_server.settings
     saved = settings.mandatory_erasures
-    settings.mandatory_erasures = {settings.default_tenant: [erasure_id, flux]}
     try:
+        settings.mandatory_erasures = {settings.default_tenant: [erasure_id, flux]}
         with video_server.client() as client:
             answer = video(client, "a red triangle", seed=5, response_format="frames")
+            explicit = video(client, "a red triangle", seed=5, erasures=[erasure_id], response_format="frames")
+            settings.mandatory_erasures = {settings.default_tenant: [flux]}
+            uncovered = client.post(ROUTE, json={"prompt": "a red triangle", "steps": STEPS})
+            images = client.post("/v1/images/generations", json={"prompt": "a red triangle", "steps": 2})
     finally:
         settings.mandatory_erasures = saved
+    # (Named by the policy, the erasure acts through its guard, so the bytes equal the same request under the same
+    # policy, not the request made before the policy existed.)
     assert answer["erasures"] == [erasure_id]
-    assert answer["data"] == alone[(erasure_id,)]
+    assert answer["data"] == explicit["data"] != alone[()]
+    assert_error(uncovered, 409, "policy_not_covered", "triangle")
+    assert images.status_code == 200 and images.json()["erasures"] == [flux]
 
 
 @pytest.mark.slow

@@ -62,6 +62,10 @@ class EraseAnythingConfig(BaseModel):
         checkpoint_every: steps between checkpoints (crash safety); at most `steps`, so a job can resume. Left out,
             it is the default (or the preset's) capped at `steps`.
         seed: the job's seed (LoRA init, sampling, prompt draws), 0 .. 2**63 - 1.
+        resolution: square training size in pixels, a multiple of 16 (real Flux's latent packing) in 16 .. 2048.
+            Left out: min(512, the model's native size): a real Flux trains at 512, the demo world at its own size.
+        gradient_checkpointing: recompute activations in backward (diffusers' `enable_gradient_checkpointing`):
+            less memory, slower, the same gradients. Left out: on for real models, off for the demo world.
 
     Every float must be finite: a request is refused at creation rather than failing (or training on NaN) later.
     """
@@ -98,6 +102,8 @@ class EraseAnythingConfig(BaseModel):
     frozen_teacher: bool = True
     checkpoint_every: int = Field(default=20, ge=1)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    resolution: int | None = Field(default=None, ge=16, le=2048, multiple_of=16)
+    gradient_checkpointing: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -124,6 +130,12 @@ class EraseAnythingConfig(BaseModel):
                 "not resume after a crash"
             )
         return self
+
+    def for_model(self, native_size: tuple[int, int], demo: bool) -> EraseAnythingConfig:
+        """This config with the model-dependent defaults filled in (see `resolution`, `gradient_checkpointing`)."""
+        resolution = self.resolution or min(512, *native_size)
+        checkpointing = (not demo) if self.gradient_checkpointing is None else self.gradient_checkpointing
+        return self.model_copy(update={"resolution": resolution, "gradient_checkpointing": checkpointing})
 
     @property
     def uses_preserve_images(self) -> bool:

@@ -51,6 +51,7 @@ class EraseAnything(ErasureMethod):
     ) -> ErasureArtifact:
         assert isinstance(config, EraseAnythingConfig)
         self.check_family(ctx.family)
+        config = config.for_model(ctx.family.native_size(ctx.pipe), demo=ctx.model_id == "demo")
         started = time.perf_counter()
         phrasings = expand_concept(ctx.pipe, ctx.family, spec.concept, spec.synonyms, mine=spec.expand)
         prompts = [fill(t, spec.concept) for t in TEMPLATES[spec.kind] if "{}" in t]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,11 @@ logger = logging.getLogger(__name__)
 
 
 class LoRAHooks:
-    """Trainable LoRA factors on Linear modules through forward hooks (A ~ N(0, 1/r), B = 0: starts as identity)."""
+    """Trainable LoRA factors on Linear modules through forward hooks (A ~ N(0, 1/r), B = 0: starts as identity).
+
+    The factors (and so AdamW's state) are float32 whatever the base model's dtype: a bf16 base runs in bf16 and the
+    hook casts its input up and the delta back down, since bf16 master weights lose small updates (bf16 has 8 bits of
+    mantissa; a 1e-3 step on a weight near 1 rounds away)."""
 
     def __init__(self, model: nn.Module, names: list[str], rank: int, alpha: float, seed: int) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -45,9 +49,9 @@ class LoRAHooks:
             module = model.get_submodule(name)
             assert isinstance(module, nn.Linear)
             out_f, in_f = module.weight.shape
-            like = module.weight
-            a = nn.Parameter(torch.randn(rank, in_f, generator=g).to(like) / rank)
-            b = nn.Parameter(torch.zeros(out_f, rank).to(like))
+            device = module.weight.device
+            a = nn.Parameter(torch.randn(rank, in_f, generator=g).to(device) / rank)
+            b = nn.Parameter(torch.zeros(out_f, rank, device=device))
             self.params[name] = (a, b)
             self._handles.append(module.register_forward_hook(self._hook(a, b)))
 
@@ -55,7 +59,8 @@ class LoRAHooks:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
             if not self.enabled:
                 return output
-            return output + self.scale * ((inputs[0] @ a.T) @ b.T)
+            delta = self.scale * ((inputs[0].to(a.dtype) @ a.T) @ b.T)
+            return output + delta.to(output.dtype)
 
         return hook
 
@@ -74,6 +79,24 @@ class LoRAHooks:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+@contextmanager
+def gradient_checkpointing(transformer: nn.Module, enabled: bool) -> Iterator[None]:
+    """diffusers' activation checkpointing on the shared transformer for one training run, off again after it
+    (generation and other jobs use the same module)."""
+    if not enabled:
+        yield
+        return
+    if not getattr(transformer, "_supports_gradient_checkpointing", False):
+        logger.warning("%s does not support gradient checkpointing; training without", type(transformer).__name__)
+        yield
+        return
+    transformer.enable_gradient_checkpointing()  # type: ignore[operator]
+    try:
+        yield
+    finally:
+        transformer.disable_gradient_checkpointing()  # type: ignore[operator]
 
 
 @dataclass
@@ -140,6 +163,7 @@ class EraseAnythingTrainer:
         preserve: list[str] | None = None,
     ) -> None:
         self.pipe, self.ops, self.cfg = pipe, family.training, cfg
+        self.size = cfg.resolution  # None: the native size (a config not passed through `for_model`)
         self.keyword, self.prompts, self.synonyms, self.anchor = keyword, prompts, synonyms, anchor
         if cfg.uses_preserve_images and not preserve:
             raise ValueError("retain_images='preserve' and lambda_preserve need preserve prompts")
@@ -170,7 +194,9 @@ class EraseAnythingTrainer:
         cond = self.ops.encode_text(self.pipe, prompts)
         steps = self.cfg.sample_steps
         with self.lora.switched(False):
-            latents, _ = self.ops.sample_partial(self.pipe, cond, steps, steps, torch.Generator().manual_seed(12345))
+            latents, _ = self.ops.sample_partial(
+                self.pipe, cond, steps, steps, torch.Generator().manual_seed(12345), size=self.size
+            )
         return cond, latents
 
     def _keyword_mask(self, cond: TextCondition, words: list[str]) -> torch.Tensor:
@@ -215,13 +241,13 @@ class EraseAnythingTrainer:
     def _forget(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
         stop = int(torch.randint(0, cfg.sample_steps, (1,), generator=self.generator))
-        z, sigma = self.ops.sample_partial(self.pipe, batch.concept, cfg.sample_steps, stop, self.generator)
+        z, sigma = self.ops.sample_partial(self.pipe, batch.concept, cfg.sample_steps, stop, self.generator, self.size)
         with torch.no_grad(), self.lora.switched(not cfg.frozen_teacher):
             # anchor and concept rows in one call (rows are independent; one call is faster)
-            both = self.ops.velocity(self.pipe, z.repeat(2, 1, 1), sigma.repeat(2), _cat([batch.anchor, batch.concept]))
+            both = self._velocity(z.repeat(2, 1, 1), sigma.repeat(2), _cat([batch.anchor, batch.concept]))
             v0, vp = both.chunk(2)
         with self.ops.capture_attention(self.pipe) as record:
-            vn = self.ops.velocity(self.pipe, z, sigma, batch.concept)
+            vn = self._velocity(z, sigma, batch.concept)
         esd = losses.esd_loss(vn, v0, vp, cfg.eta)
         attn = losses.attention_suppression(record["probs"], batch.keyword_masks["concept"])
         return cfg.lambda_esd * esd + cfg.lambda_attn * attn, {"esd": esd.item(), "attn": attn.item()}
@@ -243,8 +269,7 @@ class EraseAnythingTrainer:
             parts.append((keep_rows.x_t, keep_rows.sigma, self._preserve(keep_rows.idx)))
         sizes = [len(x) for x, _, _ in parts]
         with self.ops.capture_attention(self.pipe) as record:
-            v = self.ops.velocity(
-                self.pipe,
+            v = self._velocity(
                 torch.cat([x for x, _, _ in parts]),
                 torch.cat([s for _, s, _ in parts]),
                 _cat([c for _, _, c in parts]),
@@ -266,10 +291,13 @@ class EraseAnythingTrainer:
             logs["preserve"] = keep.item()
         return loss, keep, logs
 
+    def _velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: TextCondition) -> torch.Tensor:
+        return self.ops.velocity(self.pipe, latents, sigma, cond, size=self.size)
+
     @torch.no_grad()
     def _frozen_velocity(self, rows: Noised) -> torch.Tensor:
         with self.lora.switched(False):
-            return self.ops.velocity(self.pipe, rows.x_t, rows.sigma, self._preserve(rows.idx))
+            return self._velocity(rows.x_t, rows.sigma, self._preserve(rows.idx))
 
     def _preserve(self, idx: torch.Tensor) -> TextCondition:
         assert self.preserve_cond is not None
@@ -284,7 +312,7 @@ class EraseAnythingTrainer:
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=g).to(x0)
         if on_schedule:
-            levels = self.ops.sigmas(self.pipe, self.cfg.sample_steps)[:-1]
+            levels = self.ops.sigmas(self.pipe, self.cfg.sample_steps, self.size)[:-1]
             sigma = levels[torch.randint(0, len(levels), (n,), generator=g)].to(x0)
         else:
             sigma = torch.rand(n, generator=g).to(x0)
@@ -302,8 +330,8 @@ class EraseAnythingTrainer:
                 fm if cfg.retain_images == "preserve" else self._noised(self.preserve_latents, cfg.preserve_batch, True)
             )
         stop = int(torch.randint(0, cfg.sample_steps, (1,), generator=self.generator))
-        sig = self.ops.sigmas(self.pipe, cfg.sample_steps)
-        z_nce = self.ops.noise(self.pipe, cfg.batch_size, self.generator)
+        sig = self.ops.sigmas(self.pipe, cfg.sample_steps, self.size)
+        z_nce = self.ops.noise(self.pipe, cfg.batch_size, self.generator, self.size)
         return RetainState(fm, keep, z_nce, sig[stop].expand(cfg.batch_size).to(z_nce))
 
     # ---- loop -------------------------------------------------------------------------------------------------
@@ -360,6 +388,17 @@ class EraseAnythingTrainer:
         self.step = int(meta["step"])
 
     def run(self, progress: Any = None, checkpoints: CheckpointStore | None = None) -> None:
+        on = bool(self.cfg.gradient_checkpointing)
+        # Checkpointing recomputes each block in backward, after `capture_attention` has put the block's own
+        # processor back: recomputed with other math, its saved tensors would not match. So while it is on, the
+        # recording processor stays on that block for the whole run (the same attention, written out).
+        with (
+            gradient_checkpointing(self.pipe.transformer, on),
+            self.ops.capture_attention(self.pipe) if on else nullcontext(),
+        ):
+            self._run(progress, checkpoints)
+
+    def _run(self, progress: Any, checkpoints: CheckpointStore | None) -> None:
         if checkpoints is not None and (saved := checkpoints.load()) is not None:
             self.restore(*saved)
             logger.info("resumed EraseAnything++ training at step %d", self.step)

@@ -1,0 +1,28 @@
+"""Schemathesis hooks for tests/service/test_schemathesis.py (loaded by `st` through SCHEMATHESIS_HOOKS).
+
+`method: import` needs a real LoRA file in `options.lora_b64`: the spec can say "a base64 string", not "a
+safetensors LoRA whose modules exist in the served model", so generated ones are refused (422 `invalid_lora`) as
+they should be. Schema-valid ones are left out here; tests/service/test_lora_import.py covers imports with real files.
+Also left out: schema-valid erasures whose anchor is the concept, a cross-field rule JSON Schema cannot state; they
+are refused with 422 (test_an_erasure_onto_itself_is_refused in tests/service/test_schemathesis.py).
+"""
+
+from __future__ import annotations
+
+import schemathesis
+
+
+@schemathesis.hook
+def filter_case(ctx: schemathesis.HookContext, case: schemathesis.Case) -> bool:
+    """Leaves out schema-valid imports (schema-invalid ones are still sent and must be refused)."""
+    body = case.body
+    positive = case.meta is None or case.meta.generation.mode.is_positive
+    if not (positive and isinstance(body, dict)):
+        return True
+    if body.get("method") == "import":
+        return False
+    # A cross-field rule the schema cannot express (anchor != concept): refused with 422, tested separately.
+    return not (
+        isinstance(body.get("anchor"), str)
+        and " ".join(body["anchor"].split()) == " ".join(str(body.get("concept", "")).split())
+    )
