@@ -31,10 +31,19 @@ NON_BLANK = r"\S"
 Phrase = Annotated[str, Field(min_length=1, max_length=MAX_PHRASE_CHARS, pattern=NON_BLANK)]
 
 
-class ErasureCreate(BaseModel):
-    """What to erase, from which model, and how."""
+class RequestBody(BaseModel):
+    """A request body: unknown fields refused, and every value of the JSON type its field's schema states."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_typed(cls, data: Any) -> Any:
+        return _check_json_types(cls, data)
+
+
+class ErasureCreate(RequestBody):
+    """What to erase, from which model, and how."""
 
     concept: str = Field(
         min_length=1, max_length=MAX_PHRASE_CHARS, pattern=NON_BLANK, description="The concept to erase."
@@ -75,11 +84,6 @@ class ErasureCreate(BaseModel):
         if not _finite(options):
             raise ValueError("options must not contain NaN or Infinity")
         return options
-
-    @model_validator(mode="before")
-    @classmethod
-    def _json_typed(cls, data: Any) -> Any:
-        return _check_json_types(cls, data)
 
     @model_validator(mode="after")
     def _fits_the_method(self) -> ErasureCreate:
@@ -230,15 +234,8 @@ class ErasureDeleted(BaseModel):
     status: Literal["deleted", "cancelled"] = "deleted"
 
 
-class ImageGenerationRequest(BaseModel):
+class ImageGenerationRequest(RequestBody):
     """OpenAI-style image generation, plus the erasures to apply."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _json_typed(cls, data: Any) -> Any:
-        return _check_json_types(cls, data)
 
     prompt: str = Field(
         min_length=1,
@@ -278,15 +275,8 @@ class ImageGenerationResponse(BaseModel):
 VideoFormat = Literal["mp4", "webp", "gif", "frames"]
 
 
-class VideoGenerationRequest(BaseModel):
+class VideoGenerationRequest(RequestBody):
     """One clip from a prompt, with the erasures to apply (same erasure ids and policy as images)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _json_typed(cls, data: Any) -> Any:
-        return _check_json_types(cls, data)
 
     prompt: str = Field(
         min_length=1,

@@ -97,17 +97,26 @@ def encode_cached(ctx: MethodContext, prompts: list[str]) -> dict[str, torch.Ten
     return {s: torch.stack([found[p][s] for p in prompts]) for s in spaces}
 
 
-def concept_rows(ctx: MethodContext, spec: ConceptSpec, phrasings: list[str]) -> ConceptRows:
-    """Builds and encodes the erase, anchor and preserve prompt sets of a concept."""
+def erase_rows(
+    ctx: MethodContext, spec: ConceptSpec, phrasings: list[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+    """The encoded erase rows of a concept and their position-aligned anchor rows, per text space, and how many
+    erase prompts they came from."""
     erase, anchors = erase_and_anchor_prompts(phrasings, spec.kind, spec.anchor)
-    preserve = preserve_prompts(spec, phrasings, ctx.preserve_corpus)
     enc_e = ctx.family.encode(ctx.pipe, erase)
     enc_a = encode_cached(ctx, anchors)
+    return {k: flatten(v) for k, v in enc_e.items()}, {k: flatten(v) for k, v in enc_a.items()}, len(erase)
+
+
+def concept_rows(ctx: MethodContext, spec: ConceptSpec, phrasings: list[str]) -> ConceptRows:
+    """Builds and encodes the erase, anchor and preserve prompt sets of a concept."""
+    erase, anchor, n_erase = erase_rows(ctx, spec, phrasings)
+    preserve = preserve_prompts(spec, phrasings, ctx.preserve_corpus)
     enc_p = encode_cached(ctx, preserve)
     return ConceptRows(
-        erase={k: flatten(v) for k, v in enc_e.items()},
-        anchor={k: flatten(v) for k, v in enc_a.items()},
+        erase=erase,
+        anchor=anchor,
         preserve={k: flatten(v) for k, v in enc_p.items()},
-        n_erase=len(erase),
+        n_erase=n_erase,
         n_preserve=len(preserve),
     )

@@ -114,9 +114,9 @@ class AdapterManager:
         """Holds the pipeline lock with exactly `erasures` active (attaching them first if needed); those the policy
         names are applied through their guards, above everything else in the set."""
         key = ErasureSet(erasures)
+        policy = self.guarded_ids()  # read before the lock: with a Redis store it is a network round trip
+        guarded = ErasureSet(i for i in key if i in policy)
         with self.handle.lock:
-            policy = self.guarded_ids()
-            guarded = ErasureSet(i for i in key if i in policy)
             pinned: list[str] = []
             try:
                 for erasure_id in key:

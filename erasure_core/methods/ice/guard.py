@@ -27,8 +27,8 @@ from erasure_core.artifacts import ErasureArtifact, LowRankDelta
 from erasure_core.concepts import ConceptSpec, preserve_prompts
 from erasure_core.methods.base import MethodContext
 from erasure_core.methods.common import (
-    concept_rows,
     encode_cached,
+    erase_rows,
     even_rows,
     flatten,
     paired_top_rows,
@@ -71,14 +71,14 @@ def concept_guard(
     target: dict[str, list[torch.Tensor]] = {}
     preserve_text: dict[str, None] = {}
     for spec, phrasings in expanded:
-        rows = concept_rows(ctx, spec, phrasings)
+        erase_by_space, anchor_by_space, _ = erase_rows(ctx, spec, phrasings)  # preserve rows: joint, below
         eta = config.resolved_eta(spec)
         # ICE holds the preserve rows of each kind of concept with its own weight (firmer when pushing past the
         # anchor); in one solve the shared weight is the largest, and a concept that wants a lighter hold gets its
         # rows weighted up by as much instead (J sums squared row errors, so sqrt of the ratio on the rows).
         weight = (preserve_scale / config.resolved_preserve_scale(spec)) ** 0.5
         for space in ctx.family.text_spaces:
-            x_c, x_a = paired_top_rows(rows.erase[space.name], rows.anchor[space.name], config.max_erase_rows)
+            x_c, x_a = paired_top_rows(erase_by_space[space.name], anchor_by_space[space.name], config.max_erase_rows)
             erase.setdefault(space.name, []).append(weight * x_c)
             target.setdefault(space.name, []).append(weight * (x_a - eta * (x_c - x_a)))  # past the anchor by eta
         # Preserve prompts naming any concept of the policy are left out: the guard must move those.
