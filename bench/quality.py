@@ -26,6 +26,8 @@ METHODS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "ice": ("ice", {}, False),
     "ice_expand": ("ice", {}, True),
     "eraseanything": ("eraseanything", {"preset": "cpu"}, False),
+    "co-erasing": ("co-erasing", {"preset": "cpu"}, False),
+    "bi-erasing": ("bi-erasing", {"preset": "cpu"}, False),
 }
 
 
@@ -56,7 +58,12 @@ def run_world(name: str, methods: list[str], concepts: list[str] | None, seeds: 
             engine.detach(f"{label}-{case.concept}")
             result = compare(case, samples, base, erased, FACTORS[name])
             result.seconds = seconds
-            result.extra = {"phrasings": artifact.metadata.get("phrasings", [])}
+            stats = artifact.metadata.get("stats", {})
+            result.extra = {
+                "phrasings": artifact.metadata.get("phrasings", []),
+                "neighbours": stats.get("neighbours", []),
+                "self_check": stats.get("self_check"),
+            }
             row[label] = result.summary()
             logging.getLogger("quality").info("%s %s %s: %s", name, case.concept, label, row[label])
         table[case.concept] = row

@@ -1,4 +1,4 @@
-"""The core's command-line subcommands: `generate` and `erase` (no server, no queue).
+"""The core's command-line subcommands: `generate`, `erase` and `convert` (no server, no queue).
 
 The `erasure` program (`service.cli`) adds `serve` and `worker` to these; `python -m erasure_core.cli` runs the core
 ones alone. Loading options default to the same `ERASURE_*` variables the service reads (`ERASURE_DEVICE`,
@@ -120,7 +120,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_core_commands(sub: Any) -> None:
-    """Adds `generate` and `erase` to a subparsers action."""
+    """Adds `generate`, `erase` and `convert` to a subparsers action."""
     gen = sub.add_parser("generate", help="generate images, optionally with erasures attached")
     _common(gen)
     gen.add_argument("--prompt", required=True)
@@ -146,6 +146,47 @@ def add_core_commands(sub: Any) -> None:
     er.add_argument("-o", "--output", required=True)
     er.add_argument("--lora-output", default=None, help="also write a diffusers-compatible LoRA here")
     er.set_defaults(func=_cmd_erase)
+    _add_convert(sub)
+
+
+def _json_file(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(Path(text).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise argparse.ArgumentTypeError(f"{text}: not a readable JSON file ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text}: expected a JSON object")
+    return {k: v for k, v in value.items() if not k.startswith("_")}
+
+
+def _cmd_convert_open_sora(args: argparse.Namespace) -> int:
+    from erasure_core.pipelines.open_sora.assemble import ReleaseInputs, assemble_open_sora
+
+    inputs = ReleaseInputs(
+        Path(args.checkpoint), Path(args.vae), Path(args.t5), Path(args.clip), args.transformer_config, args.vae_config
+    )
+    shard = int(args.max_shard_gib * 2**30)
+    out = assemble_open_sora(inputs, Path(args.output), args.force, args.check_only, shard)
+    logger.info("%s %s: serve it with ERASURE_OPEN_SORA_MODEL=%s", "checked" if args.check_only else "wrote", out, out)
+    return 0
+
+
+def _add_convert(sub: Any) -> None:
+    """`erasure convert open-sora ...`: the official Open-Sora 2.0 release into a folder the service loads."""
+    convert = sub.add_parser("convert", help="assemble official model releases into servable folders")
+    kinds = convert.add_subparsers(dest="kind", required=True)
+    osr = kinds.add_parser("open-sora", help="Open-Sora 2.0: Open_Sora_v2 + hunyuan_vae + T5 + CLIP -> OUT")
+    osr.add_argument("--checkpoint", required=True, help="Open_Sora_v2.safetensors")
+    osr.add_argument("--vae", required=True, help="hunyuan_vae.safetensors")
+    osr.add_argument("--t5", required=True, help="the google/t5-v1_1-xxl folder (config, safetensors, tokenizer)")
+    osr.add_argument("--clip", required=True, help="the openai/clip-vit-large-patch14 folder")
+    osr.add_argument("-o", "--output", required=True, help="the folder to write (must not exist unless --force)")
+    osr.add_argument("--force", action="store_true", help="replace an existing OUT")
+    osr.add_argument("--check-only", action="store_true", help="check every input, write nothing")
+    osr.add_argument("--transformer-config", type=_json_file, default=None, help="JSON overrides (default: 2.0)")
+    osr.add_argument("--vae-config", type=_json_file, default=None, help="JSON overrides (default: hunyuan_vae)")
+    osr.add_argument("--max-shard-gib", type=float, default=5.0, help="largest safetensors shard written")
+    osr.set_defaults(func=_cmd_convert_open_sora)
 
 
 def build_parser(*extra: AddCommands) -> argparse.ArgumentParser:

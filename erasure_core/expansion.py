@@ -144,7 +144,7 @@ def mine_neighbours(
     probe: bool = True,
     min_score: float = 0.5,
 ) -> list[str]:
-    """The `k` vocabulary words nearest `concept` in the model's own text pathway.
+    """The `k` vocabulary words nearest `concept` in the model's own text pathway (no reading index).
 
     Stage 1 shortlists whole-word vocabulary entries by input-embedding cosine. Stage 2 ranks them by how the model
     responds to them: the velocity probe when the family supports it (`probe`), else the similarity of encoded
@@ -160,6 +160,79 @@ def mine_neighbours(
         scores = _encoder_scores(pipe, family, concept, words)
     ranked = scores.argsort(descending=True).tolist()[:k]
     return [words[i] for i in ranked if scores[i] >= min_score]
+
+
+@dataclass(frozen=True)
+class Mined:
+    """What the model says about a concept's nearest words: those it draws like the concept (phrasings to erase),
+    and those it reads nearby but draws differently (neighbours: what an erasure must not take along)."""
+
+    phrasings: tuple[str, ...]
+    neighbours: tuple[str, ...]
+    scores: dict[str, float]
+
+
+# The velocity probe's verdicts (cosine with the concept's own response, centred on everyday words): a phrasing draws
+# like the concept, a neighbour clearly does not. Measured on both demo worlds: in-training synonyms score 0.95-1.0
+# ("block" for a square 0.95), unrelated words the reading index places near the concept 0.6-0.97 ("limestone" 0.96
+# for a triangle: at most `k` phrasings are taken, best first, which keeps most of them out), other shapes below 0.5. Neighbours are held
+# still by the erasure, so only clear ones count: at 0.5, "gemstone" and "gems" (which the judge sees drawn as
+# diamonds now and then) were held still and left a third of a "diamond" erasure's samples diamonds.
+SYNONYM_SCORE = 0.95
+NEIGHBOUR_SCORE = 0.2
+
+
+def _prefix(word: str) -> str:
+    """What forms of a word start with: up to 5 letters, never its last letter, never fewer than 3."""
+    return word[: max(3, min(5, len(word) - 1))]
+
+
+def _one_per_stem(words: list[str], concept: str) -> list[str]:
+    """The shortest form of each word, in rank order: forms crowd the few phrasings an erasure takes ("boxed",
+    "boxes", "box" ahead of "block"). Forms of the concept itself are all kept: each is its own token ("triangles"),
+    and without "triangles" and "triangular" a triangle erasure cost the other shapes more (tests/test_ice.py)."""
+    kept: list[str] = []
+    out: list[str] = []
+    own = concept.lower().split()
+    for word in sorted(words, key=len):
+        if any(_is_form(word, c) for c in own):
+            out.append(word)
+        elif not any(_is_form(word, k) for k in kept):
+            kept.append(word)
+            out.append(word)
+    return sorted(out, key=words.index)
+
+
+def _is_form(word: str, base: str) -> bool:
+    """Whether `word` is an inflection or short derivation of `base` ("wedges", "triangular"; not "starfish")."""
+    return word.startswith(_prefix(base)) and len(word) - len(base) <= 3
+
+
+def mine_with_index(
+    pipe: Any,
+    family: Any,
+    index: Any,
+    concept: str,
+    *,
+    k: int = 6,
+    near: int = 32,
+    neighbours: int = 8,
+    exclude: set[str] | None = None,
+) -> Mined:
+    """Mines phrasings and neighbours of `concept` through the model's reading index (`erasure_core.lexicon`) and
+    the velocity probe: the index proposes the `near` words the model's text layer reads nearest the concept, the
+    model's own velocities decide (no word list, judge or caller's hint is involved)."""
+    from erasure_core.lexicon import read
+
+    blocked = (exclude or set()) | {w.lower() for w in concept.split()}
+    words = index.nearest(read(pipe, family, [concept])[0], near, exclude=blocked)
+    if not words or family.training is None:
+        return Mined((), (), {})
+    scores = _probe_scores(pipe, family, concept, words, reference=REFERENCE_WORDS).tolist()
+    ranked = sorted(zip(words, scores, strict=True), key=lambda ws: -ws[1])
+    found = tuple(_one_per_stem([w for w, s in ranked if s >= SYNONYM_SCORE], concept))[:k]
+    kept = tuple(w for w in words if dict(ranked)[w] < NEIGHBOUR_SCORE)[:neighbours]
+    return Mined(found, kept, {w: round(s, 3) for w, s in ranked})
 
 
 def _llm_prompt(concept: str, n: int) -> list[dict[str, str]]:
@@ -208,6 +281,44 @@ def verify_phrasings(pipe: Any, family: Any, concept: str, candidates: list[str]
     return [c for c, score in zip(candidates, scores.tolist(), strict=True) if score >= min_score]
 
 
+def expansion(
+    pipe: Any,
+    family: Any,
+    concept: str,
+    synonyms: tuple[str, ...] = (),
+    mine: bool = False,
+    mine_k: int = 6,
+    llm: LLMEndpoint | None = None,
+    exclude: set[str] | None = None,
+    verify: bool = True,
+    index: Any = None,
+) -> Mined:
+    """All phrasings to erase (the concept, the caller's synonyms, then mined and LLM phrasings, deduplicated) and
+    the neighbours mining found.
+
+    With a reading index (`erasure_core.lexicon`) mining proposes from the model's reading of a whole lexicon and
+    also returns neighbours; without one, from the tokenizer's whole words (`mine_neighbours`). LLM phrasings are
+    kept only when the model draws them like the concept (`verify_phrasings`), unless `verify` is off: an LLM names
+    what people mean by a word, the model decides what it draws for it.
+    """
+    phrasings = [concept, *synonyms]
+    mined = Mined((), (), {})
+    if mine and index is not None:
+        mined = mine_with_index(pipe, family, index, concept, k=mine_k, exclude=exclude)
+        phrasings += mined.phrasings
+    elif mine:
+        phrasings += mine_neighbours(pipe, family, concept, k=mine_k, exclude=exclude)
+    if llm is not None:
+        suggested = llm_phrasings(llm, concept)
+        phrasings += verify_phrasings(pipe, family, concept, suggested) if verify else suggested
+    seen: dict[str, None] = {}
+    for phrase in phrasings:
+        seen.setdefault(" ".join(phrase.split()).lower(), None)
+    own = set(seen)
+    neighbours = tuple(n for n in mined.neighbours if n not in own)
+    return Mined(tuple(p for p in seen if p), neighbours, mined.scores)
+
+
 def expand_concept(
     pipe: Any,
     family: Any,
@@ -218,19 +329,7 @@ def expand_concept(
     llm: LLMEndpoint | None = None,
     exclude: set[str] | None = None,
     verify: bool = True,
+    index: Any = None,
 ) -> list[str]:
-    """All phrasings to erase: the concept, the caller's synonyms, then mined and LLM phrasings (deduplicated).
-
-    LLM phrasings are kept only when the model draws them like the concept (`verify_phrasings`), unless `verify`
-    is off: an LLM names what people mean by a word, the model decides what it draws for it.
-    """
-    phrasings = [concept, *synonyms]
-    if mine:
-        phrasings += mine_neighbours(pipe, family, concept, k=mine_k, exclude=exclude)
-    if llm is not None:
-        suggested = llm_phrasings(llm, concept)
-        phrasings += verify_phrasings(pipe, family, concept, suggested) if verify else suggested
-    seen: dict[str, None] = {}
-    for phrase in phrasings:
-        seen.setdefault(" ".join(phrase.split()).lower(), None)
-    return [p for p in seen if p]
+    """The phrasings of `expansion` (see there)."""
+    return list(expansion(pipe, family, concept, synonyms, mine, mine_k, llm, exclude, verify, index).phrasings)

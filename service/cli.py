@@ -54,6 +54,47 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    """`erasure report ID|FILE`: an erasure of the local store (by id) or an `.erasure` file."""
+    import json
+    from pathlib import Path
+
+    from erasure_core.artifacts import load_artifact
+    from erasure_core.reports import ReportConfig, build_report, get_judge
+    from service.store import is_valid_id
+
+    try:  # the same ERASURE_* settings as the service, less auth: this command serves no one
+        settings = Settings(auth="off", api_keys={}, api_keys_file=None)
+    except ValidationError as e:
+        logger.error("invalid settings (ERASURE_* variables): %s", e)
+        return 2
+    erasure_id, record = None, None
+    if is_valid_id(args.target) and not Path(args.target).exists():
+        from service.pipelines import PipelinePool
+        from service.store_redis import open_store
+
+        store = open_store(settings)
+        record = store.get(args.target)
+        artifact, erasure_id = store.load_artifact(args.target), record.id
+        engine = PipelinePool.load(settings).get(record.model).engine
+    else:
+        from erasure_core.cli import _load
+
+        artifact = load_artifact(args.target)
+        engine = _load(args)
+    judge_path = Path(args.judge_path) if args.judge_path else settings.report_judge_path
+    judge = get_judge(args.judge or settings.report_judge, engine.pipe.transformer, judge_path)
+    config = ReportConfig(seeds=args.seeds, attack=args.attack, attack_steps=args.attack_steps)
+    report = build_report(engine, artifact, judge, config, erasure_id=erasure_id)
+    if record is not None:
+        report.data["erasure"]["artifact_sha256"] = record.artifact_sha256
+    output = Path(args.output or f"{erasure_id or Path(args.target).stem}.grid.png")
+    output.write_bytes(report.grid_png)
+    sys.stdout.write(json.dumps(report.data, indent=1) + "\n")
+    logger.info("wrote the grid %s (%d s)", output, report.data["seconds"])
+    return 0
+
+
 def add_service_commands(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default=None)
@@ -68,6 +109,19 @@ def add_service_commands(sub: Any) -> None:
         help="health check: exit 0 if Redis answers and a worker of this host is registered, else 1",
     )
     worker.set_defaults(func=_cmd_worker)
+
+    from erasure_core.cli import _common
+
+    report = sub.add_parser("report", help="report on an erasure: efficacy, robustness, attack, usability, grid")
+    _common(report)
+    report.add_argument("target", help="an erasure id of the local store (ERASURE_DATA_DIR) or an .erasure file")
+    report.add_argument("--seeds", type=int, default=2, help="seeds per prompt (1..8)")
+    report.add_argument("--attack", action=argparse.BooleanOptionalAction, default=True)
+    report.add_argument("--attack-steps", type=int, default=60)
+    report.add_argument("--judge", default=None, help="auto, shapes, fills, nudenet, classifier")
+    report.add_argument("--judge-path", default=None, help="a classifier judge: <path>.safetensors + <path>.json")
+    report.add_argument("-o", "--output", default=None, help="the grid PNG (default <id or file stem>.grid.png)")
+    report.set_defaults(func=_cmd_report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -136,3 +136,57 @@ class TenantNotFoundError(ServiceError):
     """A policy names a tenant no API key belongs to (a typo would silently apply to nobody)."""
 
     code = "tenant_not_found"
+
+
+class UploadError(InvalidRequestError):
+    """An uploaded image (reference, positive or mask) that cannot be used; each subclass has its own code."""
+
+    code = "invalid_upload"
+
+
+class InvalidBase64Error(UploadError):
+    code = "invalid_base64"
+
+
+class InvalidImageError(UploadError):
+    """Not a PNG or JPEG, damaged, truncated or animated."""
+
+    code = "invalid_image"
+
+
+class EmptyUploadError(UploadError):
+    code = "empty_upload"
+
+
+class TooManyImagesError(UploadError):
+    code = "too_many_images"
+
+
+class MaskMismatchError(UploadError):
+    """Masks not one per image, or a mask of another size than its image."""
+
+    code = "mask_mismatch"
+
+
+class UploadNotSupportedError(UploadError):
+    """Images given to a method that does not take them (or set through `options`)."""
+
+    code = "upload_not_supported"
+
+
+class ImageTooLargeError(PayloadTooLargeError):
+    """An image over the byte limit, or whose header declares more pixels than allowed (checked before decoding)."""
+
+    code = "image_too_large"
+
+
+class ReportNotFoundError(ServiceError):
+    """Unknown, malformed or another tenant's report id, or one of another erasure."""
+
+    code = "report_not_found"
+
+
+class ReportGridNotFoundError(ServiceError):
+    """The report exists but has no grid yet (queued, running, failed or cancelled)."""
+
+    code = "report_grid_not_found"

@@ -15,11 +15,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from erasure_core import __version__
-from service.api import erasures, health, images, models, policies, videos
+from service.api import erasures, health, images, models, policies, reports, videos
 from service.api.contract import install_contract
 from service.api.errors import register_error_handlers
+from service.api.events import redact_keys_in_access_log
+from service.api.events import router as events_router
 from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.api.playground import router as playground_router
 from service.pipelines import ModelDefaults, PipelinePool
+from service.runtime.events import EventStreams
 from service.runtime.state import ServiceRuntime
 from service.settings import Settings, get_settings
 
@@ -48,8 +52,14 @@ def create_app(settings: Settings | None = None, pool: PipelinePool | None = Non
     app = FastAPI(title="Concept Erasure Service", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.runtime = runtime
     register_error_handlers(app)
-    for router in (erasures.router, images.router, videos.router, models.router, policies.router, health.router):
+    routers = (erasures.router, reports.router, images.router, videos.router, models.router, policies.router)
+    for router in (*routers, health.router):
         app.include_router(router)
+    # Server-sent progress events and the playground page: outside the OpenAPI contract (see their modules).
+    app.state.events = EventStreams(runtime.erasures, runtime.tenancy.operator, runtime.reports.list)
+    app.include_router(events_router)
+    redact_keys_in_access_log()
+    app.include_router(playground_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # The published spec is this deployment's: its limits and served models (see service/api/contract.py).
     install_contract(app, settings, runtime.catalog.names, lambda name: _defaults(runtime, name))

@@ -23,7 +23,9 @@ else:
     VideoModelName = Literal[tuple(name for name, spec in MODELS.items() if spec.output == "video")]
 # Options kept in the record (the job reads them) but not shown to callers: an imported LoRA's bytes (described by
 # `metadata.params`: format, sha256, modules, rank) and the operator's import folder.
-HIDDEN_OPTIONS = frozenset({"lora_b64", "import_dir"})
+HIDDEN_OPTIONS = frozenset(
+    {"lora_b64", "import_dir", "reference_images", "reference_masks", "positive_images", "positive_masks"}
+)  # uploaded images too: the job reads them from the record; nobody is ever served them back
 ErasureStatus = Literal["queued", "running", "ready", "failed", "cancelled"]
 MAX_SEED = 2**63 - 1
 # Text the app refuses when it has no non-space character (a prompt, a concept phrase): the spec says so too.
@@ -59,7 +61,8 @@ class ErasureCreate(RequestBody):
         default="ice",
         min_length=1,
         max_length=64,
-        description="Erasure method: `ice`, `uce`, `eraseanything`, or `import` (an existing Flux LoRA given as "
+        description="Erasure method: `ice`, `uce`, `eraseanything`, `co-erasing` and `bi-erasing` (image-guided: "
+        "see `reference_images`, `positive_images`), or `import` (an existing Flux LoRA given as "
         "`options.lora_b64` or `options.path` in the operator's ERASURE_IMPORT_DIR).",
     )
     kind: ConceptKind = "object"
@@ -71,11 +74,34 @@ class ErasureCreate(RequestBody):
         description="What the concept becomes.",
     )
     synonyms: list[Phrase] = Field(default_factory=list, max_length=MAX_LIST)
-    expand: bool = Field(default=False, description="Mine more phrasings of the concept from the text encoder.")
+    expand: bool = Field(
+        default=False,
+        description="Mine phrasings the model itself draws as the concept (its reading of a lexicon, verified by its "
+        "own velocities) and neighbours it draws differently, which the erasure then holds still.",
+    )
     preserve: list[Phrase] = Field(
         default_factory=list, max_length=MAX_LIST, description="Concepts that must not change."
     )
     options: dict[str, Any] = Field(default_factory=dict, description="Method hyperparameters, validated per method.")
+    reference_images: list[str] | None = Field(
+        default=None,
+        description="Images of the concept for image-guided methods (`co-erasing`, `bi-erasing`): base64 PNG or "
+        "JPEG, at most ERASURE_UPLOAD_MAX_IMAGES, each within ERASURE_UPLOAD_MAX_IMAGE_BYTES and "
+        "ERASURE_UPLOAD_MAX_SIDE pixels. Left out, the job draws them with the base model. Never served back.",
+    )
+    reference_masks: list[str] | None = Field(
+        default=None,
+        description="Masks of the reference images (white = the concept), one per image and of its size. Left out, "
+        "they come from the model's attention to the concept's words.",
+    )
+    positive_images: list[str] | None = Field(
+        default=None,
+        description="Images of the safe alternative (`bi-erasing`): base64 PNG or JPEG, the same limits. Left out, "
+        "the job draws the anchor with the base model.",
+    )
+    positive_masks: list[str] | None = Field(
+        default=None, description="Masks of the positive images (white = the anchor), one per image and of its size."
+    )
 
     @field_validator("options")
     @classmethod
@@ -386,3 +412,49 @@ class PolicyList(BaseModel):
 class PolicyDeleted(BaseModel):
     tenant: str
     deleted: bool = True
+
+
+# -- erasure reports (service/api/reports.py) ----------------------------------------------------------------------
+
+MAX_REPORT_SEEDS = 8
+MAX_REPORT_ATTACK_STEPS = 400  # erasure_core.reports.MAX_ATTACK_STEPS
+
+
+class ReportCreate(RequestBody):
+    """What a report measures: fixed seeds per prompt, and the white-box attack's budget."""
+
+    seeds: int = Field(default=2, ge=1, le=MAX_REPORT_SEEDS, description="Seeds per prompt (fixed: 0..seeds-1).")
+    attack: bool = Field(default=True, description="Run the white-box soft-prompt attack on the erased model.")
+    attack_steps: int = Field(
+        default=60, ge=1, le=MAX_REPORT_ATTACK_STEPS, description="Optimisation steps of the attack."
+    )
+
+
+class ReportProgress(BaseModel):
+    step: int = 0
+    total: int = 0
+    phase: str | None = None
+    fraction: float = 0.0
+
+
+class ReportPublic(BaseModel):
+    """A report job: status and progress; once `ready`, the report (JSON) and its grid at `grid_url`."""
+
+    id: str
+    object: Literal["erasure.report"] = "erasure.report"
+    erasure_id: str
+    status: ErasureStatus
+    progress: ReportProgress
+    config: dict[str, Any]
+    attempts: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    grid_url: str | None
+    report: dict[str, Any] | None
+    error: ErrorBody | None
+
+
+class ReportList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ReportPublic]

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     queue_prefix: str = Field(default="erasure-", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     job_lease_s: float = Field(default=30.0, ge=0.5, le=3600)
     job_max_attempts: int = Field(default=3, ge=1, le=100)
+    # Erasure reports: the judge (`auto`: the demo world's own, else the classifier below; `shapes`, `fills`,
+    # `nudenet` (needs the nudenet package), `classifier`) and a user classifier (`<path>.safetensors` + `.json`).
+    report_judge: str = "auto"
+    report_judge_path: Path | None = None
     job_timeout_s: int = Field(default=7 * 86400, ge=60)
     # Where erasure records, artifacts and job checkpoints live: `file` (under data_dir; one machine, or a folder
     # shared with flock) or `redis` (in ERASURE_REDIS_URL under queue_prefix; for replicas on several machines).
@@ -118,6 +122,12 @@ class Settings(BaseSettings):
     min_image_side: int = Field(default=16, ge=1)
     max_image_side: int = Field(default=2048, ge=1)
     max_erasures_per_request: int = Field(default=16, ge=0)
+    # Images uploaded with an erasure (`reference_images`, `positive_images`, their masks; image-guided methods):
+    # per list at most `upload_max_images`, each at most `upload_max_image_bytes` decoded and `upload_max_side`
+    # pixels wide and high (read from the header, before any pixel is decoded). `max_body_bytes` bounds them all.
+    upload_max_images: int = Field(default=16, ge=1, le=64)
+    upload_max_image_bytes: int = Field(default=4 * 1024**2, ge=1024)
+    upload_max_side: int = Field(default=2048, ge=16, le=4096)
     max_video_frames: int = Field(default=129, ge=1)
     min_fps: int = Field(default=1, ge=1)
     max_fps: int = Field(default=60, ge=1)

@@ -18,6 +18,7 @@ PACKAGES = ("erasure_core", "service")
 LAYERS: dict[str, tuple[tuple[str, ...], ...]] = {
     "erasure_core": (
         ("erasure_core.cli",),  # core subcommands
+        ("erasure_core.reports",),  # erasure reports: judges, prompt sets, the white-box attack, the grid
         ("erasure_core.models",),  # the model table: which engine, family, loader and demo world
         ("erasure_core.engines",),  # a loaded pipeline + its erasures + generation
         ("erasure_core.methods",),  # erasure methods behind one base class and a registry
@@ -28,6 +29,7 @@ LAYERS: dict[str, tuple[tuple[str, ...], ...]] = {
         (
             "erasure_core.concepts",
             "erasure_core.expansion",
+            "erasure_core.lexicon",
             "erasure_core.artifacts",
             "erasure_core.checkpoints",
             "erasure_core.media",
@@ -40,7 +42,7 @@ LAYERS: dict[str, tuple[tuple[str, ...], ...]] = {
         ("service.api",),  # routers, dependencies, the error table, middleware
         ("service.runtime",),  # request logic: erasures, generation, scheduling, adapters, tenancy
         ("service.jobs",),  # job execution, runners, the queue, the worker
-        ("service.store", "service.store_redis", "service.schemas", "service.pipelines"),
+        ("service.store", "service.store_redis", "service.store_reports", "service.schemas", "service.pipelines"),
         ("service.settings", "service.errors", "service.metrics", "service"),
     ),
 }

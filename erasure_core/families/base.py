@@ -76,6 +76,9 @@ class ModelFamily:
     default_max_sequence_length: MaxSequenceLength
     native_size: NativeSize
     training: TrainingOps | None = None  # None: the family has no training support (trained methods refuse it)
+    # The first text space only ([N, L, d]), at a given length: what the lexicon index reads (`erasure_core.lexicon`)
+    # at half the cost of `encode`. None: the index uses `encode`.
+    encode_tokens: Callable[[Any, list[str], int], torch.Tensor] | None = None
 
     @property
     def edited_layers(self) -> tuple[str, ...]:

@@ -44,6 +44,13 @@ def encode_prompts(pipe: Any, prompts: list[str], max_sequence_length: int | Non
     return {"tokens": tokens.float().cpu(), "pooled": pooled.float().cpu()}
 
 
+@torch.no_grad()
+def encode_tokens(pipe: Any, prompts: list[str], max_sequence_length: int) -> torch.Tensor:
+    """The per-token (T5) states alone, as the pipeline computes them, float32 on CPU."""
+    states = pipe._get_t5_prompt_embeds(prompt=prompts, max_sequence_length=max_sequence_length)
+    return states.float().cpu()
+
+
 FLUX = ModelFamily(
     name="flux",
     text_spaces=(
@@ -60,6 +67,7 @@ FLUX = ModelFamily(
         ),
     },
     encode=encode_prompts,
+    encode_tokens=encode_tokens,
     default_max_sequence_length=default_max_sequence_length,
     native_size=native_size,
     training=FluxTrainingOps(max_sequence_length=default_max_sequence_length, native_size=native_size),

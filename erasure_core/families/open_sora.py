@@ -4,7 +4,8 @@ The port keeps diffusers Flux module names, so the text enters the transformer r
 in Flux: `context_embedder` (official `txt_in`, per-token T5 states -> hidden) and
 `time_text_embed.text_embedder.linear_1` (official `vector_in.in_layer`, pooled CLIP vector -> hidden). LoRA
 methods (EraseAnything++ "EraseVideo") target the text-stream query/key projections of the double-stream blocks
-(official `double_blocks.{i}.txt_attn.{q,k}_proj`), the same target set as Flux.
+(official `double_blocks.{i}.txt_attn.{q,k}_proj`), the same target set as Flux; the training ops they need are in
+`open_sora_training.py`.
 
 Prompts are encoded exactly as `OpenSoraPipeline.__call__` feeds them to the transformer by default: with the
 " 24 FPS. 4 motion score." suffix that Open-Sora's inference script appends, so an edit computed here acts on the
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from erasure_core.families.base import ModelFamily, TextSpace
+from erasure_core.families.open_sora_training import OpenSoraTrainingOps
 
 MAX_T5_LENGTH = 512
 DEFAULT_FPS = 24
@@ -69,4 +71,6 @@ OPEN_SORA = ModelFamily(
     encode=encode_prompts,
     default_max_sequence_length=default_max_sequence_length,
     native_size=native_size,
+    # Trained methods (EraseAnything++ "EraseVideo") on packed video latents, as the Open-Sora sampler runs them.
+    training=OpenSoraTrainingOps(max_sequence_length=default_max_sequence_length, native_size=native_size),
 )

@@ -102,12 +102,12 @@ class ErasureMethod(ABC):
 
 
 _REGISTRY: dict[str, ErasureMethod] = {}
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*(-[a-z0-9_]+)*$")  # e.g. "co-erasing", as the API names it
 
 
 def register_method(method: ErasureMethod) -> None:
     if not _NAME.match(method.name):
-        raise ValueError(f"method name {method.name!r} must be lowercase snake_case")
+        raise ValueError(f"method name {method.name!r} must be lowercase snake_case (words may also be joined by '-')")
     if method.name in _REGISTRY:
         raise ValueError(f"method {method.name!r} is already registered")
     _REGISTRY[method.name] = method

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from erasure_core.concepts import ConceptSpec, erase_and_anchor_prompts, preserve_prompts
+from erasure_core.lexicon import build_index, lexicon_size
 from erasure_core.methods.base import MethodContext
 
 ENCODING_MEMO_BYTES = 512 * 2**20  # encoded prompts kept per model (the demo world's corpus is ~5 MB)
@@ -120,3 +122,14 @@ def concept_rows(ctx: MethodContext, spec: ConceptSpec, phrasings: list[str]) ->
         n_erase=n_erase,
         n_preserve=len(preserve),
     )
+
+
+def reading_index(ctx: MethodContext) -> Any:
+    """The model's reading index of the lexicon (`erasure_core.lexicon`), built once per model and kept in the
+    context; None when the family cannot probe its model (no training ops), where mining falls back to the
+    tokenizer's vocabulary."""
+    if ctx.family.training is None:
+        return None
+    if "reading_index" not in ctx.cache:
+        ctx.cache["reading_index"] = build_index(ctx.pipe, ctx.family, ctx.layer_hash, lexicon_size())
+    return ctx.cache["reading_index"]

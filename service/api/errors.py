@@ -34,6 +34,7 @@ from service.errors import (
     ErasureNotFoundError,
     ErasureNotReadyError,
     ForbiddenError,
+    ImageTooLargeError,
     InvalidRequestError,
     ModelNotAvailableError,
     ModelNotFoundError,
@@ -46,9 +47,12 @@ from service.errors import (
     PolicyUnavailableError,
     QueueUnavailableError,
     QuotaExceededError,
+    ReportGridNotFoundError,
+    ReportNotFoundError,
     StoreUnavailableError,
     TenantNotFoundError,
     UnauthorizedError,
+    UploadError,
 )
 from service.schemas import ErrorResponse
 
@@ -74,6 +78,8 @@ STATUS: dict[type[ErasureError], int] = {
     ArtifactError: 409,
     InvalidLoraError: 422,  # a LoRA given for import (`method: import`) is unusable
     PayloadTooLargeError: 413,
+    UploadError: 422,  # an unusable uploaded image: invalid_base64, invalid_image, empty_upload, too_many_images, ...
+    ImageTooLargeError: 413,  # an uploaded image over ERASURE_UPLOAD_MAX_IMAGE_BYTES or ERASURE_UPLOAD_MAX_SIDE
     OverloadedError: 429,
     QuotaExceededError: 429,
     ErasureFailedError: 500,
@@ -84,6 +90,8 @@ STATUS: dict[type[ErasureError], int] = {
     ModelLoadError: 503,
     QueueUnavailableError: 503,
     StoreUnavailableError: 503,
+    ReportNotFoundError: 404,
+    ReportGridNotFoundError: 404,
 }
 
 # Framework statuses that carry no typed error.

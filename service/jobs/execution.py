@@ -33,6 +33,7 @@ from erasure_core.concepts import ConceptSpec
 from erasure_core.errors import ErasureError
 from erasure_core.methods import get_method
 from service.errors import ErasureFailedError, ErasureNotFoundError
+from service.jobs.report_job import ReportJobs
 from service.jobs.turns import PipelineTurns
 from service.metrics import Metrics
 from service.pipelines import PipelineHandle, PipelinePool
@@ -45,6 +46,7 @@ from service.store import (
     RecordFinishedError,
     StaleAttemptError,
 )
+from service.store_reports import is_valid_report_id
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ class JobExecutor:
         self.store = store
         self.metrics = metrics
         self.exclusive_pipeline = exclusive_pipeline
+        self.reports = ReportJobs(pool, store)  # the other job kind: erasure reports (`rp_...` ids)
         if not fences_attempts(store):
             logger.warning(
                 "the %s store does not fence writes by attempt: a paused worker could write late", type(store).__name__
@@ -98,6 +101,8 @@ class JobExecutor:
     def execute(self, erasure_id: str, should_stop: StopCheck = _never, raise_errors: bool = False) -> Outcome:
         """Runs the job of `erasure_id` to an outcome. With `raise_errors` (inline jobs) a failure is recorded and
         then raised, so the request that ran it answers with the error."""
+        if is_valid_report_id(erasure_id):
+            return Outcome(self.reports.execute(erasure_id, should_stop))
         record = self.store.find(erasure_id)
         if record is None or record.status.terminal:
             return Outcome.skipped
@@ -128,6 +133,12 @@ class JobExecutor:
             return Outcome.failed
         self._cleanup(erasure_id)
         return self._count(record, Outcome.succeeded)
+
+    def job_model(self, job_id: str) -> str:
+        """The model whose queue runs this job (an erasure's, or a report's erasure's)."""
+        if is_valid_report_id(job_id):
+            return self.reports.model_of(job_id)
+        return self.store.get(job_id).model
 
     # -- steps -------------------------------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ from service.errors import ErasureNotFoundError, QueueUnavailableError
 from service.jobs.execution import JobExecutor
 from service.settings import Settings
 from service.store import ErasureRecord, ErasureStore, ErrorInfo, JobStatus, RecordFinishedError, StaleAttemptError
+from service.store_reports import ReportNotFound, is_valid_report_id, report_store_for
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +216,10 @@ def reap(conn: redis.Redis, store: ErasureStore, settings: Settings) -> dict[str
     counts = {"requeued": 0, "failed": 0, "forgotten": 0, "watched": 0}
     for raw in conn.smembers(keys.active):
         erasure_id = _text(raw)
+        if is_valid_report_id(erasure_id):
+            if (outcome := _reap_report(conn, store, settings, erasure_id)) is not None:
+                counts[outcome] += 1
+            continue
         record = store.find(erasure_id)
         if record is None or record.status.terminal:
             conn.srem(keys.active, erasure_id)
@@ -230,6 +235,28 @@ def reap(conn: redis.Redis, store: ErasureStore, settings: Settings) -> dict[str
     if any(counts.values()):
         logger.info("reaper: %s", counts)
     return counts
+
+
+def _reap_report(conn: redis.Redis, store: ErasureStore, settings: Settings, report_id: str) -> str | None:
+    """A report job whose worker died goes back on the queue (it starts over; its job fails it once out of
+    attempts); a finished or deleted one is untracked. None: it is alive (leased or waiting in rq)."""
+    keys = Keys(settings.queue_prefix)
+    reports = report_store_for(store)
+    record = reports.find(report_id)
+    if record is None or record.status.terminal:
+        conn.srem(keys.active, report_id)
+        return "forgotten"
+    if conn.exists(keys.lease(report_id)) or _waiting_for_a_worker(conn, keys, report_id, settings.job_lease_s):
+        return None
+    if not conn.set(keys.reaping(report_id), "1", nx=True, ex=max(1, int(settings.job_lease_s))):
+        return None
+    try:
+        reports.update(report_id, True, if_attempts=record.attempts, status=JobStatus.queued)
+    except (RecordFinishedError, StaleAttemptError, ReportNotFound):
+        return "forgotten"
+    job_id = enqueue(conn, settings, report_id, record.model)
+    logger.warning("report %s: its worker stopped; re-queued as %s", report_id, job_id)
+    return "requeued"
 
 
 def reconcile_grace_s(settings: Settings) -> float:
@@ -352,9 +379,9 @@ class RedisRunner:
         return self.store.get(erasure_id)
 
     def submit(self, erasure_id: str) -> None:
-        record = self.store.get(erasure_id)
+        model = self.executor.job_model(erasure_id)  # an erasure's model, or a report's erasure's
         try:
-            job_id = enqueue(self.conn, self.settings, erasure_id, record.model)
+            job_id = enqueue(self.conn, self.settings, erasure_id, model)
         except redis.RedisError as e:
             raise QueueUnavailableError(f"could not queue the job (Redis): {e}") from e
         logger.info("erasure %s queued as rq job %s", erasure_id, job_id)

@@ -100,6 +100,11 @@ class EmbeddedRunner:
             logger.info("resuming erasure job %s left unfinished by a previous run", record.id)
             self.submit(record.id)
             resumed += 1
+        # Reports start over; their job fails them itself once out of attempts.
+        for report_id in self.executor.reports.unfinished():
+            logger.info("resuming report job %s left unfinished by a previous run", report_id)
+            self.submit(report_id)
+            resumed += 1
         return resumed
 
     def _give_up(self, record: ErasureRecord) -> None:

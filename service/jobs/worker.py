@@ -32,6 +32,7 @@ from service.pipelines import PipelinePool
 from service.settings import Settings, get_settings
 from service.store import is_valid_id
 from service.store_redis import open_store
+from service.store_reports import is_valid_report_id
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def build_context(settings: Settings) -> WorkerContext:
 def perform(erasure_id: str) -> str:
     """The rq job function (`service.jobs.worker.perform`): runs one erasure job in this worker."""
     global _context
-    if not isinstance(erasure_id, str) or not is_valid_id(erasure_id):
+    if not isinstance(erasure_id, str) or not (is_valid_id(erasure_id) or is_valid_report_id(erasure_id)):
         raise ValueError(f"not an erasure id: {erasure_id!r}")
     if _context is None:  # run by a plain `rq worker` rather than `erasure worker`: load on first use
         _context = build_context(get_settings())
@@ -108,7 +109,9 @@ def refusal(job: Job) -> str | None:
         return f"undecodable job payload ({type(e).__name__})"
     if func_name != JOB_FUNCTION or instance is not None:
         return f"job function {func_name!r} is not {JOB_FUNCTION!r}"
-    if kwargs or len(args) != 1 or not isinstance(args[0], str) or not is_valid_id(args[0]):
+    if kwargs or len(args) != 1 or not isinstance(args[0], str):
+        return "the job's arguments are not one erasure id"
+    if not (is_valid_id(args[0]) or is_valid_report_id(args[0])):
         return "the job's arguments are not one erasure id"
     callbacks = (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name)
     if any(callbacks) or job.webhooks:

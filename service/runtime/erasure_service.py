@@ -31,6 +31,7 @@ from service.pipelines import PipelineHandle, PipelinePool
 from service.runtime.adapter_manager import AdapterManager
 from service.runtime.quotas import Quotas
 from service.runtime.tenancy import Principal, Tenancy
+from service.runtime.uploads import UPLOAD_FIELDS, UploadLimits, accepted_uploads, upload_options
 from service.schemas import ErasureCreate
 from service.store import ErasureRecord, ErasureStore, JobStatus, RecordFinishedError, is_valid_id, new_id
 
@@ -98,6 +99,8 @@ class ErasureService:
         self.tenancy = tenancy
         self.managers = managers
         self.import_dir = import_dir
+        # The settings' defaults; the runtime sets the configured ones.
+        self.upload_limits = UploadLimits(max_images=16, max_image_bytes=4 * 1024**2, max_side=2048)
 
     async def create(self, principal: Principal, request: ErasureCreate) -> ErasureRecord:
         """Validates, records and runs (or queues) an erasure job; returns its record."""
@@ -105,6 +108,11 @@ class ErasureService:
         spec = _concept_spec(request)
         method = get_method(request.method)
         options = _import_options(request.options, self.import_dir) if method.name == "import" else request.options
+        # Uploaded images are checked and decoded (off the event loop) before anything is written.
+        uploads = {field: getattr(request, field) for field in UPLOAD_FIELDS}
+        options = await asyncio.to_thread(
+            upload_options, method.name, accepted_uploads(method.config_cls), uploads, options, self.upload_limits
+        )
         config = method.parse_config(options)  # InvalidConfigError before anything is written
         method.check_spec(spec)
         method.check_family(handle.engine.family)

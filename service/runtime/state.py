@@ -24,8 +24,10 @@ from service.runtime.models import ModelCatalog, ServedModel
 from service.runtime.policy import PolicyBook, policy_storage
 from service.runtime.policy_service import PolicyService
 from service.runtime.quotas import Quotas
+from service.runtime.report_service import ReportService
 from service.runtime.scheduler import GenerationScheduler
 from service.runtime.tenancy import Tenancy
+from service.runtime.uploads import UploadLimits
 from service.runtime.video_service import VideoService
 from service.settings import Settings
 from service.store_redis import open_store
@@ -51,7 +53,11 @@ class ServiceRuntime:
         self.erasures = ErasureService(
             self.pool, self.store, self.runner, self.tenancy, self.managers, self.quotas, settings.import_dir
         )
+        self.erasures.upload_limits = UploadLimits(
+            settings.upload_max_images, settings.upload_max_image_bytes, settings.upload_max_side
+        )
         self.policies = PolicyService(self.policy, self.store, self.tenancy)
+        self.reports = ReportService(settings, self.store, self.runner, self.tenancy)
         self.images = ImageService(settings, self.pool, self.store, self.tenancy, self.schedulers, self.quotas)
         self.videos = VideoService(settings, self.pool, self.store, self.tenancy, self.schedulers, self.quotas)
         self.catalog = ModelCatalog(settings, self.pool, preloaded=pool is not None, created=int(time.time()))

@@ -83,3 +83,39 @@ def velocity_preservation(v: torch.Tensor, v_frozen: torch.Tensor) -> torch.Tens
     """||v - v_frozen||^2 on prompts to preserve: the adapter must not change what the model does for them (this
     project's addition; the papers' retain terms are on the concept's own prompt only)."""
     return F.mse_loss(v, v_frozen.detach())
+
+
+def frame_errors(vn: torch.Tensor, target: torch.Tensor, token_frames: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of vn against the target per latent frame: [T] (the frame of each packed token is
+    `token_frames` [S]; every frame has the same number of tokens)."""
+    err = (vn.float() - target.float()).pow(2).mean(dim=(0, 2))  # [S]
+    frames = int(token_frames.max()) + 1
+    return torch.zeros(frames, device=err.device).index_add(0, token_frames.to(err.device), err) / (
+        torch.bincount(token_frames, minlength=frames).to(err)
+    )
+
+
+def anchored_esd_loss(
+    vn: torch.Tensor,
+    v0: torch.Tensor,
+    vp: torch.Tensor,
+    eta: float,
+    token_frames: torch.Tensor,
+    temporal_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anchor-and-propagate ESD for video (EraseAnything++ Sec. on video; our reading of it, see below).
+
+    The paper initialises the erasure on reference frames and enforces it across the following frames, because a
+    concept suppressed early leaks back later; its public code has no separate path for it. Here:
+      anchor    L_a = ESD on the tokens of latent frame 0 (the causal VAE encodes the first video frame alone
+                into it): the erasure objective anchored on the first frame;
+      temporal  L_t = mean over later latent frames k >= 1 of ESD on frame k's tokens: the same target enforced on
+                every later frame at its own tokens, so no frame can keep the concept while the first loses it.
+    Returns (L_a + temporal_weight * L_t, the per-frame errors [T], detached). temporal_weight 0 trains the anchor
+    frame alone (the ablation); 1 weighs the first frame as much as all later frames together.
+    """
+    per_frame = frame_errors(vn, esd_target(v0, vp, eta).detach(), token_frames)
+    loss = per_frame[0]
+    if len(per_frame) > 1 and temporal_weight > 0:
+        loss = loss + temporal_weight * per_frame[1:].mean()
+    return loss, per_frame.detach()

@@ -14,6 +14,7 @@ from erasure_core.errors import InvalidConfigError
 from erasure_core.expansion import expand_concept
 from erasure_core.methods.base import ErasureMethod, MethodContext, Progress
 from erasure_core.methods.eraseanything.config import EraseAnythingConfig
+from erasure_core.methods.eraseanything.temporal import frame_residuals
 from erasure_core.methods.eraseanything.trainer import EraseAnythingTrainer
 
 logger = logging.getLogger(__name__)
@@ -63,8 +64,11 @@ class EraseAnything(ErasureMethod):
         trainer = EraseAnythingTrainer(
             ctx.pipe, ctx.family, config, spec.concept, prompts, phrasings[1:], anchor, preserve
         )
+        temporal: dict[str, Any] | None = None
         try:
             trainer.run(progress, checkpoints)
+            if hasattr(ctx.family.training, "token_frames"):  # video: the trainer's own per-frame figure
+                temporal = frame_residuals(trainer)
             deltas = {
                 name: LowRankDelta(
                     a.detach().float().cpu().clone(), b.detach().float().cpu().clone(), trainer.lora.scale
@@ -73,5 +77,7 @@ class EraseAnything(ErasureMethod):
             }
         finally:
             trainer.lora.remove()
-        stats = {"steps": trainer.step, "train_s": round(time.perf_counter() - started, 2)}
+        stats: dict[str, Any] = {"steps": trainer.step, "train_s": round(time.perf_counter() - started, 2)}
+        if temporal is not None:
+            stats["temporal"] = temporal
         return ErasureArtifact(deltas, self.metadata(ctx, spec, config, phrasings, stats=stats))

@@ -248,9 +248,17 @@ class EraseAnythingTrainer:
             v0, vp = both.chunk(2)
         with self.ops.capture_attention(self.pipe) as record:
             vn = self._velocity(z, sigma, batch.concept)
-        esd = losses.esd_loss(vn, v0, vp, cfg.eta)
+        frame_logs: dict[str, float] = {}
+        token_frames = getattr(self.ops, "token_frames", None)
+        if token_frames is None:  # images: one frame
+            esd = losses.esd_loss(vn, v0, vp, cfg.eta)
+        else:  # video: anchored on the first latent frame, enforced on the later ones (anchor-and-propagate)
+            frames = token_frames(self.pipe, self.size)
+            esd, per_frame = losses.anchored_esd_loss(vn, v0, vp, cfg.eta, frames, cfg.temporal_weight)
+            frame_logs = {"esd_first": per_frame[0].item(), "esd_last": per_frame[-1].item()}
         attn = losses.attention_suppression(record["probs"], batch.keyword_masks["concept"])
-        return cfg.lambda_esd * esd + cfg.lambda_attn * attn, {"esd": esd.item(), "attn": attn.item()}
+        logs = {"esd": esd.item(), "attn": attn.item(), **frame_logs}
+        return cfg.lambda_esd * esd + cfg.lambda_attn * attn, logs
 
     def _retain(
         self, batch: Batch, st: RetainState, with_keep: bool = True

@@ -42,7 +42,9 @@ class ICEConfig(BaseModel):
             cost a shape 5.6 points in tests/test_ice.py. `python bench/ice.py --eta 0` (no anchor, 36 samples per
             word): the default (eta 2, preserve_scale 16) gave target 0.07, unnamed synonyms 0.21, other shapes
             0.824; eta 0 gave 0.24 / 0.36 / 0.825; UCE 0.21 / 0.35 / 0.821.
-        mine_k: mined neighbour phrasings added when the spec asks to expand.
+        mine_k: mined phrasings added when the spec asks to expand.
+        self_check: measure the edit on the model itself (`selfcheck`: how much of the concept survives, how far
+            the kept prompts move); the figures go into the artifact's stats.
         max_erase_rows: cap on erase rows per space (largest-norm rows kept).
         max_preserve_rows: cap on preserve rows per space (evenly subsampled).
     """
@@ -58,6 +60,7 @@ class ICEConfig(BaseModel):
     max_rank: int | None = Field(default=None, ge=1, le=4096)
     eta: float | None = Field(default=None, ge=0.0, le=10.0)
     mine_k: int = Field(default=6, ge=0, le=32)
+    self_check: bool = True
     max_erase_rows: int = Field(default=4096, ge=16, le=65536)
     max_preserve_rows: int = Field(default=16384, ge=16, le=262144)
 

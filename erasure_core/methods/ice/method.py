@@ -12,9 +12,17 @@ from erasure_core.adapters import get_linear
 from erasure_core.artifacts import ErasureArtifact, LowRankDelta
 from erasure_core.checkpoints import CheckpointStore
 from erasure_core.concepts import ConceptSpec, protected_words
-from erasure_core.expansion import expand_concept
+from erasure_core.expansion import expansion
 from erasure_core.methods.base import ErasureMethod, MethodContext, Progress
-from erasure_core.methods.common import ConceptRows, concept_rows, even_rows, paired_top_rows, with_also
+from erasure_core.methods.common import (
+    ConceptRows,
+    concept_rows,
+    even_rows,
+    paired_top_rows,
+    reading_index,
+    with_also,
+)
+from erasure_core.methods.ice import selfcheck
 from erasure_core.methods.ice.config import ICEConfig
 from erasure_core.methods.ice.kernel import dissociation_operator, layer_delta
 
@@ -39,7 +47,7 @@ class ICE(ErasureMethod):
         assert isinstance(config, ICEConfig)
         started = time.perf_counter()
         exclude = protected_words(spec, ctx.preserve_corpus)
-        phrasings = expand_concept(
+        found = expansion(
             ctx.pipe,
             ctx.family,
             spec.concept,
@@ -48,8 +56,11 @@ class ICE(ErasureMethod):
             mine_k=config.mine_k,
             llm=ctx.llm if spec.expand else None,
             exclude=exclude,
+            index=reading_index(ctx) if spec.expand else None,
         )
-        phrasings = with_also(phrasings, spec)
+        phrasings = with_also(list(found.phrasings), spec)
+        if found.neighbours:  # what the model reads near the concept but draws differently is held still
+            spec = spec.model_copy(update={"preserve": (*spec.preserve, *found.neighbours)})
         rows = concept_rows(ctx, spec, phrasings)
         encoded_at = time.perf_counter()
         eta = config.resolved_eta(spec)
@@ -63,20 +74,40 @@ class ICE(ErasureMethod):
                 a, b = layer_delta(weight, v_e, m)
                 deltas[layer] = LowRankDelta(a, b, 1.0)
         solved_at = time.perf_counter()
-        stats = {
+        check = self._check(ctx, spec, config, maps, phrasings, found.neighbours)
+        stats: dict[str, Any] = {
             "erase_prompts": rows.n_erase,
             "preserve_prompts": rows.n_preserve,
             "ranks": {name: int(v.shape[1]) for name, (v, _) in maps.items()},
-            "eta": eta,
-            "preserve_scale": config.preserve_scale_at(eta),
+            "eta": setting["eta"],
+            "preserve_scale": setting["preserve_scale"],
             "concepts": len(spec.concepts),
+            "neighbours": list(found.neighbours),
             "encode_s": round(encoded_at - started, 4),
             "solve_s": round(solved_at - encoded_at, 4),
         }
+        if check is not None:
+            stats["self_check"] = check | {"check_s": round(time.perf_counter() - solved_at, 4)}
         if progress is not None:
             progress(1, 1, {})
         logger.info("ice erasure of %r: phrasings=%s stats=%s", spec.concept, phrasings, stats)
         return ErasureArtifact(deltas, self.metadata(ctx, spec, config, phrasings, stats=stats))
+
+    @staticmethod
+    def _check(
+        ctx: MethodContext,
+        spec: ConceptSpec,
+        config: ICEConfig,
+        maps: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        phrasings: list[str],
+        neighbours: tuple[str, ...],
+    ) -> dict[str, Any] | None:
+        """The self-check's figures for the solved edit (None when off or when the family cannot run it)."""
+        if not config.self_check:
+            return None
+        erase, keep = selfcheck.probe_prompts(spec, phrasings, neighbours, ctx.preserve_corpus)
+        probe = selfcheck.probe(ctx, erase, keep)
+        return None if probe is None else selfcheck.measure(ctx, probe, maps).stats()
 
     @staticmethod
     def _solve(

@@ -11,6 +11,12 @@ after the split, with two facts that matter:
   `proj_mlp`; q and k are separate already.
 
 RoPE needs no permutation: the port applies rotate-half RoPE like the official model (see the transformer module).
+
+Checking a checkpoint before converting it: `check_open_sora_checkpoint` compares an official key -> shape table (a
+safetensors header is enough) with `official_shapes` of the model built on the meta device (the inverse of the table
+above), so the full 11.9B model is checked without memory and an error names official keys; `check_shapes` is the
+comparison, shared with the VAE (`vae_manifest`). `tests/open_sora/test_convert.py` holds the inverse equal to the
+independent manifest in `tests/open_sora/official_reference.py` at full size.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
+from erasure_core.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +119,22 @@ def _hidden_size(state_dict: Mapping[str, torch.Tensor]) -> int:
     return int(state_dict["img_in.weight"].shape[0])
 
 
+def convert_open_sora_tensor(key: str, tensor: torch.Tensor, hidden_size: int) -> list[tuple[str, torch.Tensor]]:
+    """Converts one official tensor to our (name, tensor) pairs: two for the fused `v_mlp`, one otherwise.
+
+    Raises:
+        KeyError: the key is not an Open-Sora 2.0 (fused_qkv=False) key.
+        ValueError: a fused `v_mlp` has no more rows than `hidden_size`.
+    """
+    module, _, param = key.rpartition(".")
+    target = map_module_name(module)
+    suffix = _PARAM_SUFFIX[param]
+    if isinstance(target, tuple):
+        first, second = _split_rows(tensor, hidden_size)
+        return [(f"{target[0]}.{suffix}", first), (f"{target[1]}.{suffix}", second)]
+    return [(f"{target}.{suffix}", _swap_halves(tensor) if module == SWAPPED_HALVES else tensor)]
+
+
 def convert_open_sora_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Converts an official Open-Sora 2.0 state dict to `OpenSoraTransformer3DModel` keys.
 
@@ -129,22 +153,107 @@ def convert_open_sora_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> dict
     converted: dict[str, torch.Tensor] = {}
     unknown = []
     for key, tensor in state_dict.items():
-        module, _, param = key.rpartition(".")
         try:
-            target = map_module_name(module)
-            suffix = _PARAM_SUFFIX[param]
+            converted.update(convert_open_sora_tensor(key, tensor, hidden))
         except KeyError:
             unknown.append(key)
-            continue
-        if isinstance(target, tuple):
-            first, second = _split_rows(tensor, hidden)
-            converted[f"{target[0]}.{suffix}"] = first
-            converted[f"{target[1]}.{suffix}"] = second
-        else:
-            converted[f"{target}.{suffix}"] = _swap_halves(tensor) if module == SWAPPED_HALVES else tensor
     if unknown:
         raise ValueError(f"{len(unknown)} keys are not Open-Sora 2.0 (fused_qkv=False) keys, e.g. {unknown[:5]}")
     return converted
+
+
+# ----------------------------------------------------------------------------- checking a checkpoint's manifest
+
+
+class CheckpointMismatchError(ModelLoadError, ValueError):
+    """A checkpoint's keys or shapes do not fit the model it is converted into (the message names each key)."""
+
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+def _listed(names: list[str], limit: int) -> str:
+    more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def check_shapes(
+    found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]], what: str, limit: int = 8
+) -> None:
+    """Compares a checkpoint's key -> shape table with the expected one.
+
+    Raises:
+        CheckpointMismatchError: naming the missing, unexpected and mismatched keys (up to `limit` of each).
+    """
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = sorted(k for k in set(found) & set(expected) if tuple(found[k]) != tuple(expected[k]))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_listed(missing, limit)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_listed(unexpected, limit)}")
+    if mismatched:
+        shown = [f"{k} has shape {list(found[k])}, expected {list(expected[k])}" for k in mismatched]
+        problems.append(f"{len(mismatched)} key(s) of the wrong shape: {_listed(shown, limit)}")
+    if problems:
+        raise CheckpointMismatchError(f"{what} does not match the model: " + "; ".join(problems))
+
+
+_OURS_DOUBLE = re.compile(r"^transformer_blocks\.(\d+)\.(.+)$")
+_OURS_SINGLE = re.compile(r"^single_transformer_blocks\.(\d+)\.(.+)$")
+
+
+def official_module_name(module: str) -> str:
+    """The inverse of `map_module_name` for one of our module names (`to_v` and `proj_mlp` both give `v_mlp`)."""
+    inverse_top = {v: k for k, v in TOP_LEVEL.items()}
+    if module in inverse_top:
+        return inverse_top[module]
+    if match := _OURS_DOUBLE.match(module):
+        return f"double_blocks.{match[1]}.{ {v: k for k, v in DOUBLE_BLOCK.items()}[match[2]] }"
+    if match := _OURS_SINGLE.match(module):
+        if match[2] in SINGLE_FUSED[1]:
+            return f"single_blocks.{match[1]}.{SINGLE_FUSED[0]}"
+        return f"single_blocks.{match[1]}.{ {v: k for k, v in SINGLE_BLOCK.items()}[match[2]] }"
+    raise KeyError(module)
+
+
+def official_shapes(model_shapes: Mapping[str, tuple[int, ...]]) -> Shapes:
+    """The official key -> shape table that converts into `model_shapes` (our names): the fused `v_mlp` rows are
+    the sum of `to_v`'s and `proj_mlp`'s, and norm weights are official `.scale` tensors."""
+    official: Shapes = {}
+    for key, shape in model_shapes.items():
+        module, _, param = key.rpartition(".")
+        name = official_module_name(module)
+        key_official = f"{name}.{'scale' if name.endswith('_norm') else param}"
+        if name.endswith(SINGLE_FUSED[0]) and key_official in official:
+            rows = official[key_official][0] + shape[0]
+            official[key_official] = (rows, *shape[1:])
+        else:
+            official[key_official] = tuple(shape)
+    return official
+
+
+def meta_transformer_shapes(config: Mapping[str, object] | None = None) -> Shapes:
+    """Key -> shape of `OpenSoraTransformer3DModel(**config)` (default: Open-Sora 2.0) built on the meta device."""
+    from erasure_core.pipelines.open_sora.transformer_open_sora import OpenSoraTransformer3DModel
+
+    with torch.device("meta"):
+        model = OpenSoraTransformer3DModel(**(config or {}))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_open_sora_checkpoint(
+    shapes: Mapping[str, tuple[int, ...]], config: Mapping[str, object] | None = None
+) -> None:
+    """Checks an official transformer checkpoint's key -> shape table against the model `config` describes (built
+    on the meta device, so the full 11.9B model costs no memory); the error names official keys.
+
+    Raises:
+        CheckpointMismatchError: a key is missing, unexpected or of the wrong shape.
+    """
+    expected = official_shapes(meta_transformer_shapes(config))
+    check_shapes(shapes, expected, "Open-Sora 2.0 transformer checkpoint (OpenSoraTransformer3DModel)")
 
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?:transformer\.)?(.+)\.(lora_A|lora_B)(?:\.[^.]+)?\.(weight|bias)$")

@@ -1,0 +1,84 @@
+"""The model's reading index and the self-check, on both demo worlds with the same settings.
+
+What a user cares about: with only the concept named, mining finds words the model itself draws as the concept
+(judged on generated samples; no hint from the caller or the world's word lists), and the erasure records what its
+self-check measured on the model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from erasure_core.concepts import ConceptSpec
+from erasure_core.expansion import expansion
+from erasure_core.lexicon import build_index, lexicon, read
+from erasure_core.methods.common import reading_index
+from erasure_core.worlds.quality import WORLDS
+
+# (world, concept, factor value the judge names)
+CASES = [("shapes", "triangle"), ("fills", "star")]
+
+
+@pytest.fixture(scope="module")
+def worlds():
+    from erasure_core.models import load_engine
+
+    out = {}
+    for name, _ in CASES:
+        world = WORLDS[name]()
+        out[name] = (world, load_engine("flux", world.model_source(None), device="cpu"))
+    return out
+
+
+def test_the_lexicon_holds_words_the_tokenizer_splits(worlds):
+    _, engine = worlds["fills"]
+    words = lexicon(engine.pipe.tokenizer_2)
+    assert "pentagram" in words and "triangle" in words and "the" not in words
+    assert engine.pipe.tokenizer_2.tokenize("pentagram") != ["pentagram"], "a word the vocabulary does not hold whole"
+
+
+def test_the_index_is_cached_on_disk_and_reloaded(worlds, tmp_path, monkeypatch):
+    _, engine = worlds["shapes"]
+    first = reading_index(engine.context)
+    monkeypatch.setenv("ERASURE_CACHE_DIR", str(tmp_path))
+    words = first.words[::200]  # a few hundred words: a quick build
+    small = build_index(engine.pipe, engine.family, engine.layer_hash, words=words)
+    files = sorted((tmp_path / "lexicon").glob("*.safetensors"))  # the encodings (per encoder), the index (per model)
+    assert [f.name.split("-")[0] for f in files] == ["encoded", "index"]
+    assert not list((tmp_path / "lexicon").glob("*.tmp"))
+    again = build_index(engine.pipe, engine.family, engine.layer_hash, words=words)
+    assert again.words == small.words and torch.equal(again.rows, small.rows)
+    files[1].write_bytes(b"damaged")  # a damaged cache is rebuilt, never trusted
+    rebuilt = build_index(engine.pipe, engine.family, engine.layer_hash, words=words)
+    assert torch.equal(rebuilt.rows, small.rows)
+
+
+@pytest.mark.parametrize(("world_name", "concept"), CASES)
+def test_mined_phrasings_are_what_the_model_draws_as_the_concept(worlds, world_name, concept):
+    world, engine = worlds[world_name]
+    index = reading_index(engine.context)
+    found = expansion(engine.pipe, engine.family, concept, mine=True, index=index)
+    mined = [p for p in found.phrasings if p != concept]
+    assert len(mined) >= 2, found
+    case = next(c for c in world.cases if c.concept == concept)
+    prompts = [f"a {p}" for p in mined for _ in range(4)]
+    seeds = list(range(900, 900 + len(prompts)))
+    images = engine.generate(prompts, seeds)
+    verdict = world.judge(images)[case.factor]
+    rate = sum(v == case.value for v in verdict) / len(verdict)
+    assert rate >= 0.75, (mined, verdict)
+    near = read(engine.pipe, engine.family, [concept])
+    assert near.shape == (1, index.rows.shape[1])
+
+
+@pytest.mark.parametrize(("world_name", "concept"), CASES)
+def test_the_erasure_records_its_self_check(worlds, world_name, concept):
+    _, engine = worlds[world_name]
+    artifact = engine.erase(ConceptSpec(concept=concept, expand=True), method="ice")
+    check = artifact.metadata["stats"]["self_check"]
+    assert set(check) >= {"survival", "survival_max", "drift", "drift_max", "check_s"}
+    assert check["survival"] < 0.5, check  # the concept's prompts no longer move the model the concept's way
+    if world_name == "fills":  # onto the placeholder leaves a third of the stars (judged): the check sees it
+        weak = engine.erase(ConceptSpec(concept=concept), method="ice", options={"eta": 0.0})
+        assert weak.metadata["stats"]["self_check"]["survival"] > check["survival"] + 0.3
