@@ -175,9 +175,9 @@ class Mined:
 # The velocity probe's verdicts (cosine with the concept's own response, centred on everyday words): a phrasing draws
 # like the concept, a neighbour clearly does not. Measured on both demo worlds: in-training synonyms score 0.95-1.0
 # ("block" for a square 0.95), unrelated words the reading index places near the concept 0.6-0.97 ("limestone" 0.96
-# for a triangle: at most `k` phrasings are taken, best first, which keeps most of them out), other shapes below 0.5. Neighbours are held
-# still by the erasure, so only clear ones count: at 0.5, "gemstone" and "gems" (which the judge sees drawn as
-# diamonds now and then) were held still and left a third of a "diamond" erasure's samples diamonds.
+# for a triangle: at most `k` phrasings are taken, best first, which keeps most of them out), other shapes below 0.5.
+# Neighbours are held still by the erasure, so only clear ones count: at 0.5, "gemstone" and "gems" (which the judge
+# sees drawn as diamonds now and then) were held still and left a third of a "diamond" erasure's samples diamonds.
 SYNONYM_SCORE = 0.95
 NEIGHBOUR_SCORE = 0.2
 
@@ -228,11 +228,13 @@ def mine_with_index(
     words = index.nearest(read(pipe, family, [concept])[0], near, exclude=blocked)
     if not words or family.training is None:
         return Mined((), (), {})
-    scores = _probe_scores(pipe, family, concept, words, reference=REFERENCE_WORDS).tolist()
-    ranked = sorted(zip(words, scores, strict=True), key=lambda ws: -ws[1])
-    found = tuple(_one_per_stem([w for w, s in ranked if s >= SYNONYM_SCORE], concept))[:k]
-    kept = tuple(w for w in words if dict(ranked)[w] < NEIGHBOUR_SCORE)[:neighbours]
-    return Mined(found, kept, {w: round(s, 3) for w, s in ranked})
+    scores = dict(
+        zip(words, _probe_scores(pipe, family, concept, words, reference=REFERENCE_WORDS).tolist(), strict=True)
+    )
+    ranked = sorted(words, key=lambda w: -scores[w])
+    found = tuple(_one_per_stem([w for w in ranked if scores[w] >= SYNONYM_SCORE], concept))[:k]
+    kept = tuple(w for w in words if scores[w] < NEIGHBOUR_SCORE)[:neighbours]
+    return Mined(found, kept, {w: round(scores[w], 3) for w in ranked})
 
 
 def _llm_prompt(concept: str, n: int) -> list[dict[str, str]]:
