@@ -1,7 +1,7 @@
 """Quality table: every demo world x concept x method, judged, with only the concept named and default settings.
 
 Usage: python bench/quality.py [--worlds shapes fills] [--methods none uce ice] [--concepts triangle red ...]
-                               [--seeds 2] [--threads 1] [--out quality.json]
+                               [--seeds 2] [--threads 1] [--plain] [--out quality.json]
 Prints one JSON object (and writes it to --out): per world and concept, per method, the judged rates of the groups
 of `erasure_core.worlds.quality` (target, synonym = unnamed in-training synonyms, heldout_word, heldout_template,
 other), the worst and per-value change of the concept's other values in points, the change of the other factors,
@@ -31,14 +31,20 @@ METHODS: dict[str, tuple[str, dict[str, Any], bool]] = {
 }
 
 
-def run_world(name: str, methods: list[str], concepts: list[str] | None, seeds: int) -> dict[str, Any]:
+def run_world(
+    name: str, methods: list[str], concepts: list[str] | None, seeds: int, plain: bool = False
+) -> dict[str, Any]:
     from erasure_core.concepts import ConceptSpec
     from erasure_core.models import load_engine
     from erasure_core.worlds.evaluation import engine_generator
+    from erasure_core.worlds.flux_world import assemble_flux_world
     from erasure_core.worlds.quality import FACTORS, WORLDS, CaseResult, compare, judged, rates
 
     world = WORLDS[name]()
-    engine = load_engine("flux", world.model_source(None), device="cpu")
+    source = world.model_source(None)
+    if plain and source == "demo":  # the embedded world as an ordinary folder: no bundled preserve corpus
+        source = str(assemble_flux_world(None))
+    engine = load_engine("flux", source, device="cpu")
     cases = [c for c in world.cases if concepts is None or c.concept in concepts]
     table: dict[str, dict[str, Any]] = {}
     for case in cases:
@@ -63,6 +69,7 @@ def run_world(name: str, methods: list[str], concepts: list[str] | None, seeds: 
                 "phrasings": artifact.metadata.get("phrasings", []),
                 "neighbours": stats.get("neighbours", []),
                 "self_check": stats.get("self_check"),
+                "strength": {k: stats[k] for k in ("eta", "preserve_scale") if k in stats},
             }
             row[label] = result.summary()
             logging.getLogger("quality").info("%s %s %s: %s", name, case.concept, label, row[label])
@@ -90,6 +97,12 @@ def main() -> None:
     parser.add_argument("--concepts", nargs="*", default=None, help="only these concepts (default: every case)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="serve the shapes world as an ordinary folder, without its bundled preserve corpus (as the fills world "
+        "always is): a model the project has never seen",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -99,8 +112,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     result: dict[str, Any] = {
-        "settings": {"methods": args.methods, "seeds_per_prompt": args.seeds, "threads": torch.get_num_threads()},
-        "worlds": {w: run_world(w, args.methods, args.concepts, args.seeds) for w in args.worlds},
+        "settings": {
+            "methods": args.methods,
+            "seeds_per_prompt": args.seeds,
+            "threads": torch.get_num_threads(),
+            "plain": args.plain,
+        },
+        "worlds": {w: run_world(w, args.methods, args.concepts, args.seeds, args.plain) for w in args.worlds},
     }
     result["runtime_s"] = round(time.perf_counter() - started, 1)
     text = json.dumps(result, indent=2)

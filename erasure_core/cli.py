@@ -140,7 +140,13 @@ def add_core_commands(sub: Any) -> None:
     er.add_argument("--synonym", action="append", default=[])
     er.add_argument("--preserve", action="append", default=[])
     er.add_argument("--anchor", default=None)
-    er.add_argument("--expand", action="store_true", help="mine more phrasings from the text encoder")
+    er.add_argument(
+        "--expand",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mine phrasings the model draws as the concept and neighbours it draws differently (default: on, as in "
+        "the service; --no-expand erases exactly the named phrasings)",
+    )
     er.add_argument("--method", default="ice")
     er.add_argument("--option", action="append", default=[], type=_parse_option, help="KEY=VALUE hyperparameter")
     er.add_argument("-o", "--output", required=True)

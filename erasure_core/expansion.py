@@ -216,16 +216,20 @@ def mine_with_index(
     *,
     k: int = 6,
     near: int = 32,
-    neighbours: int = 8,
+    neighbours: int = 16,
     exclude: set[str] | None = None,
 ) -> Mined:
-    """Mines phrasings and neighbours of `concept` through the model's reading index (`erasure_core.lexicon`) and
-    the velocity probe: the index proposes the `near` words the model's text layer reads nearest the concept, the
-    model's own velocities decide (no word list, judge or caller's hint is involved)."""
-    from erasure_core.lexicon import read
+    """Mines phrasings and neighbours of `concept` through the model's lexicon index (`erasure_core.lexicon`) and
+    the velocity probe: the index proposes the `near` words the model's text layer reads nearest the concept and the
+    `near` words its text encoder places nearest (the concept's kind), the model's own velocities decide (no word
+    list, judge or caller's hint is involved)."""
+    from erasure_core.lexicon import encode_means, read_means, semantic_of
 
     blocked = (exclude or set()) | {w.lower() for w in concept.split()}
-    words = index.nearest(read(pipe, family, [concept])[0], near, exclude=blocked)
+    means = encode_means(pipe, family, [concept])
+    read_near = index.nearest(read_means(pipe, family, means)[0], near, exclude=blocked)
+    kind_near = index.similar(semantic_of(means)[0], near, exclude=blocked)
+    words = list(dict.fromkeys([*read_near, *kind_near]))
     if not words or family.training is None:
         return Mined((), (), {})
     scores = dict(
@@ -233,7 +237,7 @@ def mine_with_index(
     )
     ranked = sorted(words, key=lambda w: -scores[w])
     found = tuple(_one_per_stem([w for w in ranked if scores[w] >= SYNONYM_SCORE], concept))[:k]
-    kept = tuple(w for w in words if scores[w] < NEIGHBOUR_SCORE)[:neighbours]
+    kept = tuple(sorted((w for w in words if scores[w] < NEIGHBOUR_SCORE), key=lambda w: scores[w]))[:neighbours]
     return Mined(found, kept, {w: round(scores[w], 3) for w in ranked})
 
 

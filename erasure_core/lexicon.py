@@ -87,19 +87,35 @@ def _cache_dir() -> Path:
 
 @dataclass
 class ReadingIndex:
-    """Candidate words and where the model's text input layer places them ([N, DIM] unit rows, float16)."""
+    """Candidate words, where the model's text input layer places them, and where the text encoder alone places them
+    ([N, <= DIM] unit rows each, float16).
+
+    The two rankings find different things, and expansion asks both: the model's reading finds what it draws like
+    the concept (a triangle's "wedge" and "pyramid" rank 2-3 of 47,614), the encoder's own similarity finds the
+    concept's kind (for "triangle": "circle", "square", "polygon"), whose members the model draws differently and an
+    erasure must hold still. Neither is measured against a world's words: the demo worlds' other shapes are not among
+    a triangle's 512 nearest readings, and they are among its 25 nearest encodings.
+    """
 
     words: list[str]
     rows: torch.Tensor
     mean: torch.Tensor  # [DIM] the lexicon's mean reading, subtracted from every query
-    layer: str
+    semantic: torch.Tensor  # [N, <= DIM] centred, normalised encoder means (the text encoder's own similarity)
+    semantic_mean: torch.Tensor
 
     def nearest(self, reading: torch.Tensor, k: int, exclude: Set[str] = frozenset()) -> list[str]:
         """The `k` words whose reading lies nearest `reading` ([DIM], uncentred) by cosine."""
-        query = F.normalize((reading.float() - self.mean.float()).unsqueeze(0), dim=1)
-        scores = (self.rows.float() @ query.T).squeeze(1)
-        order = scores.argsort(descending=True).tolist()
-        return [self.words[i] for i in order if self.words[i] not in exclude][:k]
+        return _top(self.words, self.rows, reading - self.mean.float(), k, exclude)
+
+    def similar(self, encoding: torch.Tensor, k: int, exclude: Set[str] = frozenset()) -> list[str]:
+        """The `k` words the text encoder places nearest `encoding` (`semantic_encoding` of a phrase)."""
+        return _top(self.words, self.semantic, encoding - self.semantic_mean.float(), k, exclude)
+
+
+def _top(words: list[str], rows: torch.Tensor, query: torch.Tensor, k: int, exclude: Set[str]) -> list[str]:
+    scores = (rows.float() @ F.normalize(query.float().unsqueeze(0), dim=1).T).squeeze(1)
+    order = scores.argsort(descending=True).tolist()
+    return [words[i] for i in order if words[i] not in exclude][:k]
 
 
 def _token_space(family: Any) -> tuple[str, str]:
@@ -163,10 +179,22 @@ def _readings(means: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros(0, min(weight.shape[0], DIM))
 
 
+def semantic_of(means: torch.Tensor) -> torch.Tensor:
+    """`encode_means` rows [N, d] as the text encoder's own encoding [N, <= DIM] (T5-XXL's 4,096 projected to
+    1,024), uncentred: comparable with `ReadingIndex.semantic`."""
+    projection = _projection(means.shape[1])
+    return means.float() if projection is None else means.float() @ projection
+
+
+def read_means(pipe: Any, family: Any, means: torch.Tensor) -> torch.Tensor:
+    """`encode_means` rows through the family's per-token text layer: readings [N, <= DIM] (uncentred)."""
+    return _readings(means, _layer_weight(pipe, family))
+
+
 @torch.no_grad()
 def read(pipe: Any, family: Any, phrases: list[str]) -> torch.Tensor:
     """Readings [N, <= DIM] of "a {phrase}" through the family's per-token text layer (uncentred)."""
-    return _readings(encode_means(pipe, family, phrases), _layer_weight(pipe, family))
+    return read_means(pipe, family, encode_means(pipe, family, phrases))
 
 
 def encoder_key(pipe: Any) -> str:
@@ -216,19 +244,22 @@ def build_index(
     pipe: Any, family: Any, layer_hash: str, size: int = DEFAULT_SIZE, words: list[str] | None = None
 ) -> ReadingIndex:
     """The model's reading index of `words` (default: the lexicon of `size`), from the disk cache when this model's
-    text layer and the words match."""
+    text layer and the words match (the semantic rows come from the encoder's cached means: a matrix product)."""
     if words is None:
         words = lexicon(pipe.tokenizer_2 if hasattr(pipe, "tokenizer_2") else pipe.tokenizer, size)
-    _, layer = _token_space(family)
+    means = encoded_lexicon(pipe, family, words)
+    encoded = semantic_of(means)
+    semantic_mean = encoded.mean(0)
+    semantic = F.normalize(encoded - semantic_mean, dim=1).half()
     path = _cache_dir() / "lexicon" / f"index-{layer_hash[:16]}-{_digest(words)}-{POSITIONS}-{DIM}.safetensors"
     cached = _load(path, "rows", len(words))
     if cached is not None:
-        return ReadingIndex(words, cached["rows"], cached["mean"], layer)
-    readings = _readings(encoded_lexicon(pipe, family, words), _layer_weight(pipe, family))
+        return ReadingIndex(words, cached["rows"], cached["mean"], semantic, semantic_mean)
+    readings = _readings(means, _layer_weight(pipe, family))
     mean = readings.mean(0)
     rows = F.normalize(readings - mean, dim=1).half()
     _save_atomic(path, {"rows": rows.contiguous(), "mean": mean.contiguous()})
-    return ReadingIndex(words, rows, mean, layer)
+    return ReadingIndex(words, rows, mean, semantic, semantic_mean)
 
 
 def _save_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -75,9 +75,11 @@ class ErasureCreate(RequestBody):
     )
     synonyms: list[Phrase] = Field(default_factory=list, max_length=MAX_LIST)
     expand: bool = Field(
-        default=False,
+        default=True,
         description="Mine phrasings the model itself draws as the concept (its reading of a lexicon, verified by its "
-        "own velocities) and neighbours it draws differently, which the erasure then holds still.",
+        "own velocities) and neighbours it draws differently, which the erasure then holds still; with the "
+        "operator's LLM endpoint configured, also ask it (the model keeps what it draws as the concept). On by "
+        "default; `false` erases exactly the named phrasings.",
     )
     preserve: list[Phrase] = Field(
         default_factory=list, max_length=MAX_LIST, description="Concepts that must not change."

@@ -130,3 +130,10 @@ def test_presets_fill_under_explicit_options_and_reparse_unchanged() -> None:
     assert EraseAnythingConfig.model_validate({"preset": "published"}) == EraseAnythingConfig()
     with pytest.raises(ValueError):
         EraseAnythingConfig.model_validate({"preset": "gpu"})
+
+
+def test_adaptive_choices_follow_the_preset_and_explicit_options() -> None:
+    cpu = EraseAnythingConfig.model_validate({"preset": "cpu"})
+    assert cpu.adaptive is None and cpu.eta == 2.0  # None: off until its figures hold (method.py); opt in with true
+    assert EraseAnythingConfig.model_validate({"preset": "cpu", "adaptive": False}).adaptive is False
+    assert EraseAnythingConfig().max_steps is None

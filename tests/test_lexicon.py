@@ -14,6 +14,7 @@ from erasure_core.concepts import ConceptSpec
 from erasure_core.expansion import expansion
 from erasure_core.lexicon import build_index, lexicon, read
 from erasure_core.methods.common import reading_index
+from erasure_core.methods.ice.selfcheck import SETTLED, SURVIVAL_SLACK
 from erasure_core.worlds.quality import WORLDS
 
 # (world, concept, factor value the judge names)
@@ -76,9 +77,28 @@ def test_mined_phrasings_are_what_the_model_draws_as_the_concept(worlds, world_n
 def test_the_erasure_records_its_self_check(worlds, world_name, concept):
     _, engine = worlds[world_name]
     artifact = engine.erase(ConceptSpec(concept=concept, expand=True), method="ice")
-    check = artifact.metadata["stats"]["self_check"]
-    assert set(check) >= {"survival", "survival_max", "drift", "drift_max", "check_s"}
+    stats = artifact.metadata["stats"]
+    assert set(stats["self_check"]) >= {"survival", "survival_max", "drift", "drift_max"}
+    # The strength was chosen on the model: the settings tried, gentlest first, and the one kept among them.
+    tried = stats["calibration"]
+    assert tried and tried[0]["eta"] == 0.0, tried
+    kept = {"eta": stats["eta"], "preserve_scale": stats["preserve_scale"]}
+    assert kept in [{"eta": t["eta"], "preserve_scale": t["preserve_scale"]} for t in tried], (kept, tried)
+    best = min(t["survival"] for t in tried)
+    check = stats["self_check"]
+    assert check["survival"] <= max(best + SURVIVAL_SLACK, SETTLED), tried
     assert check["survival"] < 0.5, check  # the concept's prompts no longer move the model the concept's way
     if world_name == "fills":  # onto the placeholder leaves a third of the stars (judged): the check sees it
         weak = engine.erase(ConceptSpec(concept=concept), method="ice", options={"eta": 0.0})
         assert weak.metadata["stats"]["self_check"]["survival"] > check["survival"] + 0.3
+
+
+def test_neighbours_are_what_the_model_reads_nearby_and_draws_differently(worlds):
+    """The encoder's own similarity proposes the concept's kind, and the model's velocities call them neighbours
+    (held still by the erasure) only when it draws them differently: judged, they are not drawn as the concept."""
+    world, engine = worlds["fills"]
+    found = expansion(engine.pipe, engine.family, "crescent", mine=True, index=reading_index(engine.context))
+    assert "circle" in found.neighbours, found
+    prompts = [f"a {n}" for n in found.neighbours for _ in range(2)]
+    verdict = world.judge(engine.generate(prompts, list(range(950, 950 + len(prompts)))))["shape"]
+    assert sum(v == "crescent" for v in verdict) / len(verdict) <= 0.25, (found.neighbours, verdict)

@@ -22,8 +22,8 @@ def test_the_operators_llm_suggests_and_the_model_decides(chat_server: str, tmp_
     ChatHandler.answer = '["rhombus", "lozenge", "dog", "banana"]'
     try:
         with server.client() as client:
-            plain = client.post("/v1/erasures", json={"concept": "diamond"}).json()
-            expanded = client.post("/v1/erasures", json={"concept": "diamond", "expand": True}).json()
+            plain = client.post("/v1/erasures", json={"concept": "diamond", "expand": False}).json()
+            expanded = client.post("/v1/erasures", json={"concept": "diamond"}).json()  # expansion is the default
     finally:
         ChatHandler.answer = '["orb", "round disc", "ring"]'
         server.stop()

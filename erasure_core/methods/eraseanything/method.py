@@ -19,6 +19,9 @@ from erasure_core.methods.eraseanything.trainer import EraseAnythingTrainer
 
 logger = logging.getLogger(__name__)
 
+# Generic words for "an object" a model may draw differently from its prior (see `calibrate.Controller._choose`).
+NEUTRAL_ALTERNATES = ("object", "item")
+
 
 def pick_preserve(ctx: MethodContext, spec: ConceptSpec, phrasings: list[str], cfg: EraseAnythingConfig) -> list[str]:
     """`preserve_images` preserve prompts, none naming the concept: the caller's `preserve` terms (in the concept's
@@ -32,6 +35,15 @@ def pick_preserve(ctx: MethodContext, spec: ConceptSpec, phrasings: list[str], c
     if not chosen:
         raise InvalidConfigError("the preserve terms need at least one preserve prompt (give `preserve`)")
     return chosen
+
+
+def alternate_anchors(spec: ConceptSpec) -> tuple[str, ...]:
+    """Other neutral words the adaptive run may anchor on when the default one draws the concept (objects only: a
+    style's or attribute's neutral word has no generic alternative)."""
+    if spec.kind != "object":
+        return ()
+    n = len(spec.concept.split())
+    return tuple(" ".join([w] * n) for w in NEUTRAL_ALTERNATES)
 
 
 class EraseAnything(ErasureMethod):
@@ -61,13 +73,17 @@ class EraseAnything(ErasureMethod):
         else:  # ESD's unconditional target unless the caller names an anchor
             anchor = fill("{}", spec.anchor or "")
         preserve = pick_preserve(ctx, spec, phrasings, config) if config.uses_preserve_images else None
+        video = hasattr(ctx.family.training, "token_frames")
+        # Opt-in for now: measured on three concepts only (README), and it does not yet meet the concept-only bars.
+        adaptive = bool(config.adaptive) and not video
+        choices = alternate_anchors(spec) if adaptive and config.anchor_in_prompt and spec.anchor is None else ()
         trainer = EraseAnythingTrainer(
-            ctx.pipe, ctx.family, config, spec.concept, prompts, phrasings[1:], anchor, preserve
+            ctx.pipe, ctx.family, config, spec.concept, prompts, phrasings[1:], anchor, preserve, adaptive, choices
         )
         temporal: dict[str, Any] | None = None
         try:
             trainer.run(progress, checkpoints)
-            if hasattr(ctx.family.training, "token_frames"):  # video: the trainer's own per-frame figure
+            if video:  # video: the trainer's own per-frame figure
                 temporal = frame_residuals(trainer)
             deltas = {
                 name: LowRankDelta(
@@ -80,4 +96,6 @@ class EraseAnything(ErasureMethod):
         stats: dict[str, Any] = {"steps": trainer.step, "train_s": round(time.perf_counter() - started, 2)}
         if temporal is not None:
             stats["temporal"] = temporal
+        if trainer.measured:  # what the job measured on the model and chose from it
+            stats["adaptive"] = trainer.measured
         return ErasureArtifact(deltas, self.metadata(ctx, spec, config, phrasings, stats=stats))

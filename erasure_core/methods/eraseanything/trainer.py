@@ -26,7 +26,7 @@ from torch import nn
 
 from erasure_core.checkpoints import CheckpointStore
 from erasure_core.families.flux_training import TextCondition
-from erasure_core.methods.eraseanything import losses
+from erasure_core.methods.eraseanything import calibrate, losses
 from erasure_core.methods.eraseanything.config import EraseAnythingConfig
 
 logger = logging.getLogger(__name__)
@@ -161,8 +161,14 @@ class EraseAnythingTrainer:
         synonyms: list[str],
         anchor: str,
         preserve: list[str] | None = None,
+        adaptive: bool = False,
+        anchor_choices: tuple[str, ...] = (),
     ) -> None:
         self.pipe, self.ops, self.cfg = pipe, family.training, cfg
+        # What the adaptive controller may change during the run (`cfg` is the request, kept as sent).
+        self.eta, self.lambda_preserve, self.lr, self.done = cfg.eta, cfg.lambda_preserve, cfg.lr, False
+        self.adaptive, self.anchor_choices = adaptive, anchor_choices
+        self.measured: dict[str, Any] = {}
         self.size = cfg.resolution  # None: the native size (a config not passed through `for_model`)
         self.keyword, self.prompts, self.synonyms, self.anchor = keyword, prompts, synonyms, anchor
         if cfg.uses_preserve_images and not preserve:
@@ -251,10 +257,10 @@ class EraseAnythingTrainer:
         frame_logs: dict[str, float] = {}
         token_frames = getattr(self.ops, "token_frames", None)
         if token_frames is None:  # images: one frame
-            esd = losses.esd_loss(vn, v0, vp, cfg.eta)
+            esd = losses.esd_loss(vn, v0, vp, self.eta)
         else:  # video: anchored on the first latent frame, enforced on the later ones (anchor-and-propagate)
             frames = token_frames(self.pipe, self.size)
-            esd, per_frame = losses.anchored_esd_loss(vn, v0, vp, cfg.eta, frames, cfg.temporal_weight)
+            esd, per_frame = losses.anchored_esd_loss(vn, v0, vp, self.eta, frames, cfg.temporal_weight)
             frame_logs = {"esd_first": per_frame[0].item(), "esd_last": per_frame[-1].item()}
         attn = losses.attention_suppression(record["probs"], batch.keyword_masks["concept"])
         logs = {"esd": esd.item(), "attn": attn.item(), **frame_logs}
@@ -333,7 +339,7 @@ class EraseAnythingTrainer:
         else:
             fm = self._noised(self.preserve_latents, cfg.preserve_batch, on_schedule=True)
         keep = None
-        if cfg.lambda_preserve > 0:  # the flow-matching draw serves both terms when it is already a preserve image
+        if self.lambda_preserve > 0:  # the flow-matching draw serves both terms when it is already a preserve image
             keep = (
                 fm if cfg.retain_images == "preserve" else self._noised(self.preserve_latents, cfg.preserve_batch, True)
             )
@@ -351,7 +357,7 @@ class EraseAnythingTrainer:
         w = float(self.w.detach())
         total = losses.eupmu_combine(loss_r, loss_f, w)
         if keep is not None:  # outside EUPMU, which drops L_r entirely while w < 0: preservation holds throughout
-            total = total + self.cfg.lambda_preserve * keep
+            total = total + self.lambda_preserve * keep
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
@@ -359,7 +365,7 @@ class EraseAnythingTrainer:
             retain_after, _, _ = self._retain(batch, state, with_keep=False)
         self.w_opt.zero_grad(set_to_none=True)
         self.w.grad = torch.tensor(
-            losses.eupmu_weight_gradient(loss_r.item(), retain_after.item(), self.cfg.lr, self.cfg.eupmu_eps)
+            losses.eupmu_weight_gradient(loss_r.item(), retain_after.item(), self.lr, self.cfg.eupmu_eps)
         )
         self.w_opt.step()
         self.step += 1
@@ -374,7 +380,15 @@ class EraseAnythingTrainer:
             for pid, st in opt.state_dict()["state"].items():
                 for key, value in st.items():
                     tensors[f"{prefix}.{pid}.{key}"] = torch.as_tensor(value).clone()
-        return tensors, {"step": self.step, "rng": list(self.rng.getstate()[1]), "rng_version": self.rng.getstate()[0]}
+        meta = {"step": self.step, "rng": list(self.rng.getstate()[1]), "rng_version": self.rng.getstate()[0]}
+        controls: dict[str, Any] = {"eta": self.eta, "lambda_preserve": self.lambda_preserve, "lr": self.lr}
+        controls |= {"done": self.done, "anchor": self.anchor}
+        return tensors, {**meta, "controls": controls, "measured": self.measured}
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+        for group in self.opt.param_groups:
+            group["lr"] = lr
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         with torch.no_grad():
@@ -394,6 +408,11 @@ class EraseAnythingTrainer:
             opt.load_state_dict(sd)
         self.rng.setstate((meta["rng_version"], tuple(meta["rng"]), None))
         self.step = int(meta["step"])
+        if "controls" in meta:  # what the adaptive controller had chosen when the checkpoint was written
+            c = meta["controls"]
+            self.eta, self.lambda_preserve, self.done = float(c["eta"]), float(c["lambda_preserve"]), bool(c["done"])
+            self.anchor, self.measured = str(c["anchor"]), dict(meta.get("measured", {}))
+            self.set_lr(float(c["lr"]))
 
     def run(self, progress: Any = None, checkpoints: CheckpointStore | None = None) -> None:
         on = bool(self.cfg.gradient_checkpointing)
@@ -410,9 +429,17 @@ class EraseAnythingTrainer:
         if checkpoints is not None and (saved := checkpoints.load()) is not None:
             self.restore(*saved)
             logger.info("resumed EraseAnything++ training at step %d", self.step)
-        while self.step < self.cfg.steps:
+        control = calibrate.Controller(self) if self.adaptive else None
+        cap = control.cap if control is not None else self.cfg.steps
+        while self.step < cap and not self.done:
             logs = self.train_step()
-            if checkpoints is not None and (self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps):
+            if control is not None and (self.step % control.every == 0 or self.step == cap):
+                logs = {**logs, **control.check()}
+            if checkpoints is not None and (
+                self.step % self.cfg.checkpoint_every == 0 or self.step == cap or self.done
+            ):
                 checkpoints.save(*self.state())
             if progress is not None:
-                progress(self.step, self.cfg.steps, logs)
+                progress(self.step, cap, logs)
+        if control is not None:
+            control.finish()

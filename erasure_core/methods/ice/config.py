@@ -15,6 +15,12 @@ AUTO_ETA = 2.0
 AUTO_ETA_MANY = 1.0
 DEFAULT_MAX_RANK = 128
 PRESERVE_SCALE = {"onto_anchor": 4.0, "past_anchor": 16.0}
+# The strengths (eta, preserve_scale) an object erased without an anchor is tried at, gentlest first; the self-check
+# picks one on the model itself (`selfcheck.choose`). Why a ladder and not a constant: on the demo worlds the
+# strength that erases a shape without touching the others differs per model and concept (a star goes at eta 1 and
+# costs the other shapes 30 points at eta 4; a hexagon needs eta 2; the shapes world's prior shape, the circle, needs
+# the strongest push), and the default of the first world (2, 16) cost the second world's shapes 12 points on average.
+LADDER: tuple[tuple[float, float], ...] = ((0.0, 64.0), (1.0, 64.0), (2.0, 64.0), (2.0, 16.0), (4.0, 16.0))
 
 
 class ICEConfig(BaseModel):
@@ -33,8 +39,9 @@ class ICEConfig(BaseModel):
             phrasing when that is more (an erasure of 100 concepts needs room for each; capped by the space's width
             in the kernel): at 128, 100 concepts left one triangle in 18 and cost a kept shape 11 points.
         eta: how far past the anchor the concept is pushed (x_c -> x_a - eta (x_c - x_a)); ESD's negative guidance
-            transposed to the text embeddings. None (default): `AUTO_ETA` (2) for an object erased without an
-            anchor (`AUTO_ETA_MANY`, 1, when several objects are erased together), else 0 (onto the anchor).
+            transposed to the text embeddings. None (default): for one object erased without an anchor, chosen
+            with `preserve_scale` by the self-check from `LADDER` (see `self_check`); with the self-check off,
+            `AUTO_ETA` (2); `AUTO_ETA_MANY` (1) when several objects are erased together; else 0 (onto the anchor).
             Why: mapped onto a content-free placeholder, an object lands on the
             model's prior for content-free prompts, which can be the object itself (the demo world draws circles for
             about half of them); pushing past the placeholder removes it. With an anchor the caller asked for that
@@ -44,7 +51,9 @@ class ICEConfig(BaseModel):
             0.824; eta 0 gave 0.24 / 0.36 / 0.825; UCE 0.21 / 0.35 / 0.821.
         mine_k: mined phrasings added when the spec asks to expand.
         self_check: measure the edit on the model itself (`selfcheck`: how much of the concept survives, how far
-            the kept prompts move); the figures go into the artifact's stats.
+            the kept prompts move); the figures go into the artifact's stats. For an object erased without an anchor,
+            with neither `eta` nor `preserve_scale` given, it also chooses the strength: the settings of `LADDER` are
+            solved and measured gentlest first, and `selfcheck.choose` keeps one (off: the fixed defaults above).
         max_erase_rows: cap on erase rows per space (largest-norm rows kept).
         max_preserve_rows: cap on preserve rows per space (evenly subsampled).
     """
@@ -84,16 +93,28 @@ class ICEConfig(BaseModel):
     def resolved_max_rank(self, n_phrasings: int = 1) -> int:
         return self.max_rank if self.max_rank is not None else max(DEFAULT_MAX_RANK, 4 * n_phrasings)
 
-    def kernel_kwargs(self, spec: ConceptSpec | None = None, n_phrasings: int = 1) -> dict[str, Any]:
+    def settings(self, spec: ConceptSpec, measurable: bool = True) -> list[tuple[float, float]]:
+        """The (eta, preserve_scale) settings to try for `spec`: the ladder when the self-check chooses (and the
+        family can run it: `measurable`), else the one fixed setting."""
+        automatic = self.eta is None and self.preserve_scale is None and self.self_check and measurable
+        if automatic and spec.kind == "object" and spec.anchor is None and len(spec.concepts) == 1:
+            return list(LADDER)
+        eta = self.resolved_eta(spec)
+        return [(eta, self.preserve_scale_at(eta))]
+
+    def kernel_kwargs(
+        self, spec: ConceptSpec | None = None, n_phrasings: int = 1, setting: tuple[float, float] | None = None
+    ) -> dict[str, Any]:
         """The keyword arguments of `kernel.dissociation_operator` these settings stand for, for `spec`'s concept
-        erased through `n_phrasings` phrasings."""
+        erased through `n_phrasings` phrasings (at `setting`, an (eta, preserve_scale) pair, when given)."""
+        eta, preserve_scale = setting or (self.resolved_eta(spec), self.resolved_preserve_scale(spec))
         return {
             "alpha_e": self.alpha_erase,
             "alpha_p": self.alpha_preserve,
             "lam": self.lam,
             "mu": self.mu,
-            "preserve_scale": self.resolved_preserve_scale(spec),
+            "preserve_scale": preserve_scale,
             "energy": self.energy,
             "max_rank": self.resolved_max_rank(n_phrasings),
-            "eta": self.resolved_eta(spec),
+            "eta": eta,
         }

@@ -63,9 +63,20 @@ class ICE(ErasureMethod):
             spec = spec.model_copy(update={"preserve": (*spec.preserve, *found.neighbours)})
         rows = concept_rows(ctx, spec, phrasings)
         encoded_at = time.perf_counter()
-        eta = config.resolved_eta(spec)
-        setting = {"eta": eta, "preserve_scale": config.preserve_scale_at(eta)}
-        maps = self._solve(ctx, rows, config, config.kernel_kwargs(spec, len(phrasings)) | setting)
+        probe = self._probe(ctx, spec, config, phrasings, found.neighbours)
+        # The ladder was measured on image models; on the video world its gentlest accepted setting left a shape in
+        # 8% of one frame's samples (tests/test_video_erasure.py), so video keeps the fixed strength for now.
+        video = hasattr(ctx.family.training, "token_frames")
+        settings = config.settings(spec, measurable=probe is not None and not video)
+        tried = []
+        for setting in settings:  # one setting unless the self-check chooses the strength
+            maps = self._solve(ctx, rows, config, config.kernel_kwargs(spec, len(phrasings), setting))
+            tried.append((setting, maps, None if probe is None else selfcheck.measure(ctx, probe, maps)))
+            if selfcheck.settled(tried[-1][2]):  # no stronger setting can be chosen over this one
+                break
+        checks = [c for _, _, c in tried if c is not None]
+        chosen = selfcheck.choose(checks) if len(checks) == len(tried) > 1 else 0
+        (eta, preserve_scale), maps, check = tried[chosen]
         deltas: dict[str, LowRankDelta] = {}
         for space in ctx.family.text_spaces:
             v_e, m = maps[space.name]
@@ -73,41 +84,37 @@ class ICE(ErasureMethod):
                 weight = get_linear(ctx.pipe.transformer, layer).weight.detach().float().cpu()
                 a, b = layer_delta(weight, v_e, m)
                 deltas[layer] = LowRankDelta(a, b, 1.0)
-        solved_at = time.perf_counter()
-        check = self._check(ctx, spec, config, maps, phrasings, found.neighbours)
         stats: dict[str, Any] = {
             "erase_prompts": rows.n_erase,
             "preserve_prompts": rows.n_preserve,
             "ranks": {name: int(v.shape[1]) for name, (v, _) in maps.items()},
-            "eta": setting["eta"],
-            "preserve_scale": setting["preserve_scale"],
+            "eta": eta,
+            "preserve_scale": preserve_scale,
             "concepts": len(spec.concepts),
             "neighbours": list(found.neighbours),
             "encode_s": round(encoded_at - started, 4),
-            "solve_s": round(solved_at - encoded_at, 4),
+            "solve_s": round(time.perf_counter() - encoded_at, 4),
         }
         if check is not None:
-            stats["self_check"] = check | {"check_s": round(time.perf_counter() - solved_at, 4)}
+            stats["self_check"] = check.stats()
+        if len(checks) > 1:
+            stats["calibration"] = [
+                {"eta": e, "preserve_scale": p, **c.stats()} for (e, p), _, c in tried if c is not None
+            ]
         if progress is not None:
             progress(1, 1, {})
         logger.info("ice erasure of %r: phrasings=%s stats=%s", spec.concept, phrasings, stats)
         return ErasureArtifact(deltas, self.metadata(ctx, spec, config, phrasings, stats=stats))
 
     @staticmethod
-    def _check(
-        ctx: MethodContext,
-        spec: ConceptSpec,
-        config: ICEConfig,
-        maps: dict[str, tuple[torch.Tensor, torch.Tensor]],
-        phrasings: list[str],
-        neighbours: tuple[str, ...],
-    ) -> dict[str, Any] | None:
-        """The self-check's figures for the solved edit (None when off or when the family cannot run it)."""
+    def _probe(
+        ctx: MethodContext, spec: ConceptSpec, config: ICEConfig, phrasings: list[str], neighbours: tuple[str, ...]
+    ) -> selfcheck.Probe | None:
+        """The self-check's probe for this erasure (None when off or when the family cannot run it)."""
         if not config.self_check:
             return None
         erase, keep = selfcheck.probe_prompts(spec, phrasings, neighbours, ctx.preserve_corpus)
-        probe = selfcheck.probe(ctx, erase, keep)
-        return None if probe is None else selfcheck.measure(ctx, probe, maps).stats()
+        return selfcheck.probe(ctx, erase, keep)
 
     @staticmethod
     def _solve(

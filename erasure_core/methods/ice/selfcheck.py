@@ -17,11 +17,16 @@ look like success while the judge still sees circles.
 v is the base model, v' the edited one. Neither uses a judge, a world's word lists or labels: a real deployment has
 none. The figures go into the artifact's stats (and so the API record).
 
-What they do not do yet: choose the edit's strength. Measured on the demo worlds (`python bench/quality.py`, one
-seed per prompt, ICE with eta 0 / 2 / 4 / 8): survival fell with eta where the judge's rate fell for "circle" and
-"star", but stayed at 0.35-0.42 for "hexagon" on the fills world while the judge saw no hexagon left, and drift did
-not rise where a stronger push cost other shapes or fills 10-30 points. A rule choosing eta from them would be fitted
-to these worlds; they are reported, not acted on.
+How they choose the strength (`choose`): for an object erased without an anchor, ICE solves the edit at the
+settings of its ladder, gentlest first, and keeps the first whose mean survival is at most `SETTLED` (-0.1: the
+concept's prompts now move the model away from the concept; the ladder stops there), else the gentlest within
+`SURVIVAL_SLACK` of the lowest survival any setting reached. Relative to the best, not one fixed bar, because the
+floor differs per concept (measured on the demo worlds, 36 judged samples per shape: a star reaches -0.04 at eta 1
+and rises to 0.18 at eta 4, where the push overshoots into the other shapes and costs them 31 points; a hexagon
+falls from 0.48 at eta 1, where a quarter of its samples stay hexagons, to 0.30 at eta 2, where none do, and only to
+0.23 at eta 4). "Nearly as gone as it gets, at the least strength" is the constrained choice the measurements
+support. Drift rose with strength on both worlds, but its scale differed per concept (a crescent's 0.74 cost a heart
+22 points, an arrow's 0.31 cost a hexagon 14), so it is recorded for each setting, not used as a bar.
 """
 
 from __future__ import annotations
@@ -112,9 +117,10 @@ def _edited(cond: Any, maps: Maps) -> Any:
 
 
 def measure(ctx: MethodContext, p: Probe, maps: Maps) -> Check:
-    """Survival of the concept's probe prompts and drift of the kept ones under the edit `maps`."""
+    """Survival of the concept's probe prompts and drift of the kept ones under the edit `maps` (the reference words
+    only centre the comparison: their edited velocities are not needed)."""
     n_e, n_k = len(p.erase), len(p.keep)
-    after = _velocities(ctx, _edited(p.cond, maps))
+    after = _velocities(ctx, _edited(p.cond.index(list(range(n_e + n_k))), maps))
     base_e, after_e = p.base[:n_e], after[:n_e]
     survival = F.cosine_similarity(after_e - p.centre, base_e - p.centre, dim=1)
     moved = (after_e - base_e).norm(dim=1).mean().clamp_min(1e-6)
@@ -125,6 +131,26 @@ def measure(ctx: MethodContext, p: Probe, maps: Maps) -> Check:
         float(drift.mean()) if n_k else 0.0,
         float(drift.max()) if n_k else 0.0,
     )
+
+
+SURVIVAL_SLACK = 0.1
+# Survival at or below which a setting is kept without trying stronger ones. Not 0: the shapes world's prior shape
+# (the circle, which it draws for content-free prompts, so the centre c leans circle) measured -0.01 at a setting that
+# left 38% of its samples circles.
+SETTLED = -0.1
+
+
+def settled(check: Check | None) -> bool:
+    """Whether a setting's edit turned the concept's prompts away from the concept (survival at most `SETTLED`): the
+    gentlest such setting is kept and the ladder stops there."""
+    return check is not None and check.survival <= SETTLED
+
+
+def choose(checks: Sequence[Check]) -> int:
+    """The index of the setting to keep among `checks` (ordered gentlest first): the first that `settled`, else the
+    first whose survival is within `SURVIVAL_SLACK` of the lowest (see the module docstring)."""
+    best = min(c.survival for c in checks)
+    return next(i for i, c in enumerate(checks) if settled(c) or c.survival <= best + SURVIVAL_SLACK)
 
 
 MAX_PROBES = 12  # per side: enough to see the concept and its neighbours, cheap enough for an instant erasure
