@@ -8,8 +8,10 @@ for Flux), whose learned weights keep what the model uses. So every candidate wo
 {word}", the first `POSITIONS` token states, which is where a short prompt lives), read through the family's
 per-token text layer, averaged over positions (see `_read_batch`), projected to at most `DIM` dimensions by a seeded
 Gaussian projection when wider (Johnson-Lindenstrauss: cosines survive), centred on the lexicon's mean and
-normalised. Nearest neighbours of a concept in that space are the shortlist that the velocity probe
-(`erasure_core.expansion`) then decides on: the model's own outputs, not this index, say what draws the concept.
+normalised. Nearest neighbours of a concept in that space, together with its nearest words by the text encoder's own
+similarity (the same encodings without the model's layer: the concept's kind, see `ReadingIndex`), are the shortlist
+that the velocity probe (`erasure_core.expansion`) then decides on: the model's own outputs, not this index, say what
+draws the concept and what it draws differently.
 
 The lexicon: the text encoder's whole-word vocabulary plus the most frequent English words (`wordfreq`, bundled data,
 no download), because many synonyms are split into word pieces ("pent ##agram") and never appear whole in a
@@ -108,7 +110,7 @@ class ReadingIndex:
         return _top(self.words, self.rows, reading - self.mean.float(), k, exclude)
 
     def similar(self, encoding: torch.Tensor, k: int, exclude: Set[str] = frozenset()) -> list[str]:
-        """The `k` words the text encoder places nearest `encoding` (`semantic_encoding` of a phrase)."""
+        """The `k` words the text encoder places nearest `encoding` (`semantic_of` a phrase's `encode_means`)."""
         return _top(self.words, self.semantic, encoding - self.semantic_mean.float(), k, exclude)
 
 

@@ -1,0 +1,137 @@
+"""What an erasure costs the other shapes, measured with enough samples to see a few points.
+
+`bench/quality.py` judges 6 samples per other shape (2 seeds), so one sample is 16.7 points; this bench judges 36 per
+other shape over every colour and caption template (one sample is 2.8 points), 24 of the target and 8 per synonym and
+held-out word, with the same seeds before and after the erasure.
+
+Usage: python bench/preservation.py [--worlds shapes fills] [--concepts triangle star ...] [--no-expand]
+                                    [--options '{"eta": 2}'] [--threads 1] [--out preservation.json]
+Both worlds are served as ordinary folders (no bundled preserve corpus: a model the project has never seen), only
+the concept is named. Prints one JSON object: per world and concept, the base and erased rates of the target,
+synonyms and held-out words, each other shape's change in points, the strength ICE chose (`eta`, `preserve_scale`,
+the settings it tried) and the seconds the erasure took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+OTHER_SAMPLES = 36
+TARGET_SAMPLES = 24
+WORD_SAMPLES = 8
+
+
+def _world(name: str) -> tuple[str, Callable[[str, int], str], tuple[str, ...], dict, dict]:
+    """(model source, caption(shape word, i), shapes, synonyms, held-out words) of a demo world."""
+    if name == "shapes":
+        from erasure_core.worlds.flux_world import assemble_flux_world
+        from erasure_core.worlds.shapes import COLOR_NAMES, HELDOUT_WORDS, SHAPES, SYNONYMS, caption
+
+        def shapes_caption(word: str, i: int) -> str:
+            return caption(word, COLOR_NAMES[i % len(COLOR_NAMES)], i % 8)
+
+        return str(assemble_flux_world(None)), shapes_caption, SHAPES, SYNONYMS, HELDOUT_WORDS
+    from erasure_core.worlds import fills as fw
+    from erasure_core.worlds.fills_world import assemble_fills_world
+
+    def fills_caption(word: str, i: int) -> str:
+        colour = fw.COLOR_NAMES[i % len(fw.COLOR_NAMES)]
+        return fw.caption(word, colour, fw.FILLS[(i // len(fw.COLOR_NAMES)) % len(fw.FILLS)], i % 7)
+
+    return str(assemble_fills_world(None)), fills_caption, fw.SHAPES, fw.SYNONYMS, fw.HELDOUT_WORDS
+
+
+def _rows(concept: str, caption: Callable[[str, int], str], shapes, synonyms, heldout) -> list[tuple[str, str, str]]:
+    """(prompt, group, shape asked) rows: target, synonyms, held-out words, then every other shape."""
+    rows = [(caption(concept, i), "target", concept) for i in range(TARGET_SAMPLES)]
+    rows += [(caption(w, i), "synonym", concept) for w in synonyms[concept] for i in range(WORD_SAMPLES)]
+    rows += [(caption(w, i), "heldout_word", concept) for w in heldout[concept] for i in range(WORD_SAMPLES)]
+    rows += [(caption(o, i), o, o) for o in shapes if o != concept for i in range(OTHER_SAMPLES)]
+    return rows
+
+
+def _rates(engine: Any, judge: Callable, rows: list[tuple[str, str, str]], erasures: list[str]) -> dict[str, float]:
+    """Per group: the share of samples the judge sees as the shape the row asked for."""
+    from erasure_core.worlds.evaluation import engine_generator
+
+    images = engine_generator(engine, erasures)([r[0] for r in rows], list(range(7000, 7000 + len(rows))))
+    seen = judge(images)["shape"]
+    hits: dict[str, list[bool]] = {}
+    for (_, group, asked), shape in zip(rows, seen, strict=True):
+        hits.setdefault(group, []).append(shape == asked)
+    return {g: round(sum(h) / len(h), 3) for g, h in hits.items()}
+
+
+def run_world(name: str, concepts: list[str] | None, expand: bool, options: dict[str, Any]) -> dict[str, Any]:
+    from erasure_core.concepts import ConceptSpec
+    from erasure_core.models import load_engine
+    from erasure_core.worlds.quality import WORLDS
+
+    source, caption, shapes, synonyms, heldout = _world(name)
+    judge = WORLDS[name]().judge
+    engine = load_engine("flux", source, device="cpu")
+    out: dict[str, Any] = {}
+    for concept in (c for c in shapes if concepts is None or c in concepts):
+        rows = _rows(concept, caption, shapes, synonyms, heldout)
+        base = _rates(engine, judge, rows, [])
+        started = time.perf_counter()
+        artifact = engine.erase(ConceptSpec(concept=concept, expand=expand), method="ice", options=options)
+        seconds = time.perf_counter() - started
+        engine.attach("measured", artifact)
+        try:
+            erased = _rates(engine, judge, rows, ["measured"])
+        finally:
+            engine.detach("measured")
+        stats = artifact.metadata.get("stats", {})
+        others = {g: round(100 * (erased[g] - base[g]), 1) for g in erased if g in shapes}
+        out[concept] = {
+            "base": base,
+            "erased": erased,
+            "others_change_pts": others,
+            "others_worst_change_pts": min(others.values()),
+            "strength": {k: stats.get(k) for k in ("eta", "preserve_scale")},
+            "calibration": stats.get("calibration"),
+            "phrasings": artifact.metadata.get("phrasings"),
+            "neighbours": stats.get("neighbours"),
+            "seconds": round(seconds, 2),
+        }
+        logging.getLogger("preservation").info("%s %s: %s", name, concept, out[concept])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worlds", nargs="+", default=["shapes", "fills"])
+    parser.add_argument("--concepts", nargs="*", default=None, help="only these shapes (default: every shape)")
+    parser.add_argument("--expand", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--options", type=json.loads, default={}, help="ICE options as JSON (default: none)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("erasure_core", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    result: dict[str, Any] = {
+        "settings": {"expand": args.expand, "options": args.options, "threads": torch.get_num_threads()},
+        "worlds": {w: run_world(w, args.concepts, args.expand, args.options) for w in args.worlds},
+    }
+    result["runtime_s"] = round(time.perf_counter() - started, 1)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
