@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from erasure_core.errors import ExpansionError
+from erasure_core.memo import PromptMemo
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +101,49 @@ def _encoder_scores(pipe: Any, family: Any, concept: str, words: list[str]) -> t
 REFERENCE_WORDS = ("dog", "car", "house", "tree", "person", "cup", "chair", "bird", "boat", "flower", "book", "shoe")
 
 
+# The velocity probe's fixed noisy latents: two noise levels of the sampler's range, one seeded draw.
+PROBE_SIGMAS = (0.9, 0.6)
+
+
 @torch.no_grad()
+def probe_response(pipe: Any, family: Any, cond: Any) -> torch.Tensor:
+    """The model's velocities for encoded prompts `cond` at the probe's fixed latents, flattened [prompts, features]
+    (both noise levels side by side)."""
+    ops = family.training
+    latents = ops.noise(pipe, len(PROBE_SIGMAS), torch.Generator().manual_seed(0))
+    n = cond.tokens.shape[0]
+    out = []
+    for j, sigma in enumerate(PROBE_SIGMAS):
+        x = latents[j : j + 1].expand(n, -1, -1)
+        s = torch.full((n,), sigma, device=x.device, dtype=x.dtype)
+        out.append(ops.velocity(pipe, x, s, cond).flatten(1).float().cpu())
+    return torch.cat(out, dim=1)
+
+
+def probe_velocities(pipe: Any, family: Any, prompts: list[str], memo: PromptMemo | None = None) -> torch.Tensor:
+    """`probe_response` of prompts by text, each computed once per `memo` (the model's, kept across erasures)."""
+    found = {p: memo.get(p)["v"] for p in dict.fromkeys(prompts) if memo is not None and p in memo}
+    missing = [p for p in dict.fromkeys(prompts) if p not in found]
+    for start in range(0, len(missing), PROBE_BATCH):
+        chunk = missing[start : start + PROBE_BATCH]
+        v = probe_response(pipe, family, family.training.encode_text(pipe, chunk))
+        for prompt, row in zip(chunk, v, strict=True):
+            found[prompt] = row.clone()
+            if memo is not None:
+                memo.put(prompt, {"v": found[prompt]})
+    return torch.stack([found[p] for p in prompts])
+
+
+PROBE_BATCH = 128
+
+
 def _probe_scores(
-    pipe: Any, family: Any, concept: str, words: list[str], batch: int = 128, reference: tuple[str, ...] = ()
+    pipe: Any,
+    family: Any,
+    concept: str,
+    words: list[str],
+    reference: tuple[str, ...] = (),
+    memo: PromptMemo | None = None,
 ) -> torch.Tensor:
     """How much each word moves the generator the way the concept does.
 
@@ -111,26 +152,11 @@ def _probe_scores(
     synonyms", e.g. a rare word the training captions used for it) score high even when the text encoder alone
     does not place them near the concept.
     """
-    ops = family.training
-    generator = torch.Generator().manual_seed(0)
-    prompts = [f"a {w}" for w in [concept, "thing", *words, *reference]]
-    sigmas = (0.9, 0.6)
-    latents = ops.noise(pipe, len(sigmas), generator)
-    deltas = []
-    for start in range(0, len(prompts), batch):
-        cond = ops.encode_text(pipe, prompts[start : start + batch])
-        n = cond.tokens.shape[0]
-        per_sigma = []
-        for j, sigma in enumerate(sigmas):
-            x = latents[j : j + 1].expand(n, -1, -1)
-            s = torch.full((n,), sigma, device=x.device, dtype=x.dtype)
-            per_sigma.append(ops.velocity(pipe, x, s, cond).flatten(1).float().cpu())
-        deltas.append(torch.cat(per_sigma, dim=1))
-    v = torch.cat(deltas)
+    v = probe_velocities(pipe, family, [f"a {w}" for w in [concept, *words, *reference]], memo)
     # Centre on the candidates' (or the reference words') mean response: any noun moves the model away from
     # "a thing" in a shared way.
-    candidates = v[2 : 2 + len(words)]
-    centre = (v[2 + len(words) :] if reference else candidates).mean(0, keepdim=True)
+    candidates = v[1 : 1 + len(words)]
+    centre = (v[1 + len(words) :] if reference else candidates).mean(0, keepdim=True)
     return F.cosine_similarity(candidates - centre, v[:1] - centre)
 
 
@@ -218,6 +244,7 @@ def mine_with_index(
     near: int = 32,
     neighbours: int = 16,
     exclude: set[str] | None = None,
+    memo: PromptMemo | None = None,
 ) -> Mined:
     """Mines phrasings and neighbours of `concept` through the model's lexicon index (`erasure_core.lexicon`) and
     the velocity probe: the index proposes the `near` words the model's text layer reads nearest the concept and the
@@ -232,9 +259,7 @@ def mine_with_index(
     words = list(dict.fromkeys([*read_near, *kind_near]))
     if not words or family.training is None:
         return Mined((), (), {})
-    scores = dict(
-        zip(words, _probe_scores(pipe, family, concept, words, reference=REFERENCE_WORDS).tolist(), strict=True)
-    )
+    scores = dict(zip(words, _probe_scores(pipe, family, concept, words, REFERENCE_WORDS, memo).tolist(), strict=True))
     ranked = sorted(words, key=lambda w: -scores[w])
     found = tuple(_one_per_stem([w for w in ranked if scores[w] >= SYNONYM_SCORE], concept))[:k]
     kept = tuple(sorted((w for w in words if scores[w] < NEIGHBOUR_SCORE), key=lambda w: scores[w]))[:neighbours]
@@ -275,7 +300,14 @@ def llm_phrasings(endpoint: LLMEndpoint, concept: str) -> list[str]:
     return [p for p in phrases if 0 < len(p) <= 200][: endpoint.max_items]
 
 
-def verify_phrasings(pipe: Any, family: Any, concept: str, candidates: list[str], min_score: float = 0.7) -> list[str]:
+def verify_phrasings(
+    pipe: Any,
+    family: Any,
+    concept: str,
+    candidates: list[str],
+    min_score: float = 0.7,
+    memo: PromptMemo | None = None,
+) -> list[str]:
     """The candidates the model itself draws like the concept: velocity-probe score against `REFERENCE_WORDS`.
 
     Measured on the shapes demo world for "diamond": "rhombus" 0.89 and "lozenge" 0.87 (both draw diamonds there),
@@ -283,7 +315,7 @@ def verify_phrasings(pipe: Any, family: Any, concept: str, candidates: list[str]
     """
     if not candidates or family.training is None:
         return list(candidates)
-    scores = _probe_scores(pipe, family, concept, candidates, reference=REFERENCE_WORDS)
+    scores = _probe_scores(pipe, family, concept, candidates, reference=REFERENCE_WORDS, memo=memo)
     return [c for c, score in zip(candidates, scores.tolist(), strict=True) if score >= min_score]
 
 
@@ -298,6 +330,7 @@ def expansion(
     exclude: set[str] | None = None,
     verify: bool = True,
     index: Any = None,
+    memo: PromptMemo | None = None,
 ) -> Mined:
     """All phrasings to erase (the concept, the caller's synonyms, then mined and LLM phrasings, deduplicated) and
     the neighbours mining found.
@@ -305,37 +338,22 @@ def expansion(
     With a reading index (`erasure_core.lexicon`) mining proposes from the model's reading of a whole lexicon and
     also returns neighbours; without one, from the tokenizer's whole words (`mine_neighbours`). LLM phrasings are
     kept only when the model draws them like the concept (`verify_phrasings`), unless `verify` is off: an LLM names
-    what people mean by a word, the model decides what it draws for it.
+    what people mean by a word, the model decides what it draws for it. `memo` keeps the probe's velocities per
+    prompt (the model's own, across erasures: `erasure_core.methods.common.velocity_memo`).
     """
     phrasings = [concept, *synonyms]
     mined = Mined((), (), {})
     if mine and index is not None:
-        mined = mine_with_index(pipe, family, index, concept, k=mine_k, exclude=exclude)
+        mined = mine_with_index(pipe, family, index, concept, k=mine_k, exclude=exclude, memo=memo)
         phrasings += mined.phrasings
     elif mine:
         phrasings += mine_neighbours(pipe, family, concept, k=mine_k, exclude=exclude)
     if llm is not None:
         suggested = llm_phrasings(llm, concept)
-        phrasings += verify_phrasings(pipe, family, concept, suggested) if verify else suggested
+        phrasings += verify_phrasings(pipe, family, concept, suggested, memo=memo) if verify else suggested
     seen: dict[str, None] = {}
     for phrase in phrasings:
         seen.setdefault(" ".join(phrase.split()).lower(), None)
     own = set(seen)
     neighbours = tuple(n for n in mined.neighbours if n not in own)
     return Mined(tuple(p for p in seen if p), neighbours, mined.scores)
-
-
-def expand_concept(
-    pipe: Any,
-    family: Any,
-    concept: str,
-    synonyms: tuple[str, ...] = (),
-    mine: bool = False,
-    mine_k: int = 6,
-    llm: LLMEndpoint | None = None,
-    exclude: set[str] | None = None,
-    verify: bool = True,
-    index: Any = None,
-) -> list[str]:
-    """The phrasings of `expansion` (see there)."""
-    return list(expansion(pipe, family, concept, synonyms, mine, mine_k, llm, exclude, verify, index).phrasings)

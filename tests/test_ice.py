@@ -16,7 +16,7 @@ import torch
 
 from erasure_core.artifacts import load_artifact, save_artifact
 from erasure_core.concepts import ConceptSpec
-from erasure_core.expansion import LLMEndpoint, expand_concept
+from erasure_core.expansion import LLMEndpoint, expansion
 from erasure_core.worlds.evaluation import (
     WorldReport,
     build_samples,
@@ -163,7 +163,7 @@ def test_exported_lora_matches_attached_erasure(demo_engine, demo_dir: Path, sha
 
 
 def test_mined_neighbours_come_from_the_encoder(demo_engine) -> None:
-    phrasings = expand_concept(demo_engine.pipe, demo_engine.family, "circle", ("disk",), mine=True, mine_k=6)
+    phrasings = list(expansion(demo_engine.pipe, demo_engine.family, "circle", ("disk",), mine=True).phrasings)
     assert phrasings[:2] == ["circle", "disk"]
     assert len(phrasings) == 8 and len(set(phrasings)) == 8
     assert all(p.isalpha() for p in phrasings[2:])
@@ -171,7 +171,7 @@ def test_mined_neighbours_come_from_the_encoder(demo_engine) -> None:
 
 def test_llm_expansion_speaks_openai_chat(demo_engine, chat_server: str) -> None:
     endpoint = LLMEndpoint(url=chat_server, model="local-model", api_key="k")
-    phrasings = expand_concept(demo_engine.pipe, demo_engine.family, "circle", (), llm=endpoint)
+    phrasings = list(expansion(demo_engine.pipe, demo_engine.family, "circle", llm=endpoint).phrasings)
     assert phrasings == ["circle", "orb", "round disc", "ring"]
     request = ChatHandler.requests[-1]
     assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer k"
@@ -184,9 +184,11 @@ def test_llm_phrasings_are_kept_only_when_the_model_draws_them(demo_engine, chat
     ChatHandler.answer = '["rhombus", "lozenge", "dog", "banana"]'
     try:
         endpoint = LLMEndpoint(url=chat_server, model="local-model")
-        phrasings = expand_concept(demo_engine.pipe, demo_engine.family, "diamond", (), llm=endpoint)
+        phrasings = list(expansion(demo_engine.pipe, demo_engine.family, "diamond", llm=endpoint).phrasings)
         assert phrasings == ["diamond", "rhombus", "lozenge"]
-        unverified = expand_concept(demo_engine.pipe, demo_engine.family, "diamond", (), llm=endpoint, verify=False)
+        unverified = list(
+            expansion(demo_engine.pipe, demo_engine.family, "diamond", llm=endpoint, verify=False).phrasings
+        )
         assert unverified == ["diamond", "rhombus", "lozenge", "dog", "banana"]
     finally:
         ChatHandler.answer = '["orb", "round disc", "ring"]'
@@ -204,12 +206,13 @@ def test_an_erasure_is_computed_on_the_base_model_whatever_is_active(demo_engine
 
 
 def test_the_prompt_encoding_memo_is_bounded(demo_engine) -> None:
-    from erasure_core.methods.common import EncodingMemo, encode_cached
+    from erasure_core.memo import PromptMemo
+    from erasure_core.methods.common import ENCODING_MEMO_BYTES, encode_cached
 
     saved = demo_engine.context.cache.get("encoded")
     one = encode_cached(demo_engine.context, ["a red circle"])
     per_prompt = sum(t.nbytes for t in one.values())
-    demo_engine.context.cache["encoded"] = memo = EncodingMemo(budget_bytes=50 * per_prompt)
+    demo_engine.context.cache["encoded"] = memo = PromptMemo(budget_bytes=50 * per_prompt)
     try:
         prompts = [f"a picture of thing number {i}" for i in range(120)]
         first = encode_cached(demo_engine.context, prompts)
@@ -218,4 +221,4 @@ def test_the_prompt_encoding_memo_is_bounded(demo_engine) -> None:
         for space, states in again.items():
             assert torch.allclose(states, torch.cat([first[space][:5], first[space][-5:]]), atol=1e-5)
     finally:
-        demo_engine.context.cache["encoded"] = saved if saved is not None else EncodingMemo()
+        demo_engine.context.cache["encoded"] = saved if saved is not None else PromptMemo(ENCODING_MEMO_BYTES)

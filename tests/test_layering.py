@@ -30,6 +30,7 @@ LAYERS: dict[str, tuple[tuple[str, ...], ...]] = {
             "erasure_core.concepts",
             "erasure_core.expansion",
             "erasure_core.lexicon",
+            "erasure_core.memo",
             "erasure_core.artifacts",
             "erasure_core.checkpoints",
             "erasure_core.media",

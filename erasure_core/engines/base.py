@@ -24,6 +24,7 @@ from erasure_core.concepts import EVERYDAY_PROMPTS, ConceptSpec
 from erasure_core.expansion import LLMEndpoint
 from erasure_core.families import get_family
 from erasure_core.methods import MethodContext, Progress, get_method
+from erasure_core.methods.common import prepare
 from erasure_core.methods.ice.guard import artifact_concept, concept_guard, guard_response
 from erasure_core.pipelines.loading import LoadedPipeline
 
@@ -103,6 +104,12 @@ class ErasureEngine(ABC):
         impl.check_family(self.family)
         self.host.activate(())
         return impl.compute(self.context, spec, config, progress, checkpoints)
+
+    def prepare(self) -> None:
+        """Fills the model's caches that instant erasures read (`erasure_core.methods.common.prepare`), on the base
+        model; the service calls it while warming up, so the first erasure request does not pay for them."""
+        self.host.activate(())
+        prepare(self.context)
 
     def attach(self, name: str, artifact: ErasureArtifact) -> bool:
         """Attaches an erasure (inactive until named in `generate` or `activate`); checks the base-model hash."""

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from erasure_core.concepts import ConceptSpec, erase_and_anchor_prompts, preserve_prompts
+from erasure_core.concepts import ConceptSpec, erase_and_anchor_prompts, preserve_prompts, protected_words
+from erasure_core.expansion import REFERENCE_WORDS, Mined, expansion, probe_velocities
 from erasure_core.lexicon import build_index, lexicon_size
+from erasure_core.memo import PromptMemo
 from erasure_core.methods.base import MethodContext
 
 ENCODING_MEMO_BYTES = 512 * 2**20  # encoded prompts kept per model (the demo world's corpus is ~5 MB)
+# Base-model velocities at the probe's latents kept per model (FLUX.1 at 1024 px: 2 MB a prompt; the demo: 32 KB).
+VELOCITY_MEMO_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -51,42 +54,9 @@ def even_rows(x: torch.Tensor, limit: int) -> torch.Tensor:
     return x[torch.linspace(0, len(x) - 1, limit).long()]
 
 
-class EncodingMemo:
-    """Encoded prompts by text, least recently used first, within a byte budget.
-
-    The preserve corpus is encoded once and reused by every erasure; requests add their own preserve terms and
-    anchors. Without a bound, a stream of requests with new terms would grow the memo without end (at FLUX.1's
-    sizes one prompt's T5 states are 8 MB).
-    """
-
-    def __init__(self, budget_bytes: int = ENCODING_MEMO_BYTES) -> None:
-        self.budget_bytes = budget_bytes
-        self.nbytes = 0
-        self._entries: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
-
-    def __contains__(self, prompt: str) -> bool:
-        return prompt in self._entries
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, prompt: str) -> dict[str, torch.Tensor]:
-        self._entries.move_to_end(prompt)
-        return self._entries[prompt]
-
-    def put(self, prompt: str, states: dict[str, torch.Tensor]) -> None:
-        if prompt in self._entries:
-            return
-        self._entries[prompt] = states
-        self.nbytes += sum(t.nbytes for t in states.values())
-        while self.nbytes > self.budget_bytes and len(self._entries) > 1:
-            _, dropped = self._entries.popitem(last=False)
-            self.nbytes -= sum(t.nbytes for t in dropped.values())
-
-
 def encode_cached(ctx: MethodContext, prompts: list[str]) -> dict[str, torch.Tensor]:
     """Encodes prompts through the family, memoising per prompt in the context within a byte budget."""
-    memo: EncodingMemo = ctx.cache.setdefault("encoded", EncodingMemo())
+    memo: PromptMemo = ctx.cache.setdefault("encoded", PromptMemo(ENCODING_MEMO_BYTES))
     found: dict[str, dict[str, torch.Tensor]] = {p: memo.get(p) for p in dict.fromkeys(prompts) if p in memo}
     missing = [p for p in dict.fromkeys(prompts) if p not in found]
     for start in range(0, len(missing), 128):
@@ -124,6 +94,13 @@ def concept_rows(ctx: MethodContext, spec: ConceptSpec, phrasings: list[str]) ->
     )
 
 
+def velocity_memo(ctx: MethodContext) -> PromptMemo:
+    """The model's base velocities at the velocity probe's fixed latents (`expansion.probe_velocities`), per prompt:
+    shared by expansion and ICE's self-check, and kept across erasures (the reference words recur in every one)."""
+    memo: PromptMemo = ctx.cache.setdefault("velocity", PromptMemo(VELOCITY_MEMO_BYTES))
+    return memo
+
+
 def reading_index(ctx: MethodContext) -> Any:
     """The model's reading index of the lexicon (`erasure_core.lexicon`), built once per model and kept in the
     context; None when the family cannot probe its model (no training ops), where mining falls back to the
@@ -133,3 +110,32 @@ def reading_index(ctx: MethodContext) -> Any:
     if "reading_index" not in ctx.cache:
         ctx.cache["reading_index"] = build_index(ctx.pipe, ctx.family, ctx.layer_hash, lexicon_size())
     return ctx.cache["reading_index"]
+
+
+def expand(ctx: MethodContext, spec: ConceptSpec, mine_k: int = 6) -> Mined:
+    """The phrasings every method erases for `spec` (the concept, the caller's synonyms and, when the spec asks to
+    expand, what the model itself draws like the concept: mined through its reading index, and the operator's LLM
+    suggestions the model confirms) and the neighbours mining found. Words the preserve set uses are never mined."""
+    return expansion(
+        ctx.pipe,
+        ctx.family,
+        spec.concept,
+        spec.synonyms,
+        mine=spec.expand,
+        mine_k=mine_k,
+        llm=ctx.llm if spec.expand else None,
+        exclude=protected_words(spec, ctx.preserve_corpus),
+        index=reading_index(ctx) if spec.expand else None,
+        memo=velocity_memo(ctx),
+    )
+
+
+def prepare(ctx: MethodContext) -> None:
+    """Computes once what every instant erasure of this model reads, so that the first erasure is as fast as the
+    rest: the preserve corpus's encodings and, where the family can probe its model, the reading index (built from
+    the lexicon the first time a model is seen on this machine, then read from the cache) and the everyday reference
+    words' velocities."""
+    encode_cached(ctx, list(ctx.preserve_corpus))
+    if ctx.family.training is not None:
+        reading_index(ctx)
+        probe_velocities(ctx.pipe, ctx.family, [f"a {w}" for w in REFERENCE_WORDS], velocity_memo(ctx))

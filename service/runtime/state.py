@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 
-from erasure_core.concepts import ConceptSpec
 from erasure_core.engines import GenerationParams
 from service.errors import NotReadyError
 from service.jobs.runner import JobRunner, create_runner
@@ -101,7 +100,8 @@ class ServiceRuntime:
         logger.info("ready in %.1f s: models %s", time.perf_counter() - started, self.pool.names)
 
     def _warm_up(self) -> None:
-        """One tiny generation per model, and one throwaway erasure to fill the per-model encoder caches."""
+        """One tiny generation per model, then the model's erasure caches (`ErasureEngine.prepare`: the encoded
+        preserve corpus, the reading index, the reference velocities)."""
         for name, handle in self.pool.handles.items():
             defaults = handle.defaults
             params = GenerationParams(
@@ -109,8 +109,8 @@ class ServiceRuntime:
             )
             with self.managers[name].use(()) as active:
                 active.engine.generate_active(["warm-up"], [0], params)
-            with handle.erase_lock:
-                handle.engine.erase(ConceptSpec(concept="warm-up"))
+            with handle.erase_lock, handle.lock:  # as a closed-form erasure holds them
+                handle.engine.prepare()
             logger.info("warmed up %s", name)
 
     def check_ready(self) -> None:

@@ -145,13 +145,14 @@ def test_tenancy_and_unknown_ids(server: LiveServer) -> None:
 
 def test_a_client_that_leaves_leaves_no_stream(server: LiveServer) -> None:
     streams = server.app.state.events
+    assert settles(lambda: streams.open_streams == 0, timeout=30)  # an earlier test's client may still be leaving
     with server.client(ALICE) as client:
         body = {"concept": "star", "method": "eraseanything", "options": {**FAST_JOB, "steps": 500}}
         erasure_id = client.post("/v1/erasures", json=body).json()["id"]
         with client.stream("GET", f"/v1/erasures/{erasure_id}/events") as response:
             assert any(line.startswith("event: erasure") for line in response.iter_lines())
             assert settles(lambda: streams.open_streams == 1)
-        assert settles(lambda: streams.open_streams == 0)  # the server noticed and ended it
+        assert settles(lambda: streams.open_streams == 0, timeout=30)  # the server noticed and ended it
         # Cancelling ends the stream of a job that would otherwise run for minutes.
         assert client.delete(f"/v1/erasures/{erasure_id}").json()["status"] == "cancelled"
         events, _ = stream(client, erasure_id)

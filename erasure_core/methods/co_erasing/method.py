@@ -32,12 +32,12 @@ from erasure_core.artifacts import ErasureArtifact, LowRankDelta
 from erasure_core.checkpoints import CheckpointStore
 from erasure_core.concepts import TEMPLATES, ConceptSpec, fill, neutral_anchor
 from erasure_core.errors import UnsupportedMethodError
-from erasure_core.expansion import expand_concept
 from erasure_core.families.base import ModelFamily
 from erasure_core.methods import image_guidance as ig
 from erasure_core.methods.base import ErasureMethod, MethodContext, Progress
 from erasure_core.methods.co_erasing.config import CoErasingConfig
 from erasure_core.methods.co_erasing.trainer import CoErasingTrainer
+from erasure_core.methods.common import expand
 from erasure_core.methods.eraseanything.method import pick_preserve
 
 IMAGE_FAMILIES = ("flux",)  # families whose pipeline encodes images into the packed latents the image terms use
@@ -91,7 +91,7 @@ class CoErasing(ErasureMethod):
         self.check_family(ctx.family)
         config = config.for_model(ctx.family.native_size(ctx.pipe), demo=ctx.model_id == "demo")
         started = time.perf_counter()
-        phrasings = expand_concept(ctx.pipe, ctx.family, spec.concept, spec.synonyms, mine=spec.expand)
+        phrasings = list(expand(ctx, spec).phrasings)
         prompts = [fill(t, spec.concept) for t in TEMPLATES[spec.kind] if "{}" in t]
         word = self.anchor_word(spec)
         anchor = word if config.anchor_in_prompt else fill("{}", spec.anchor or "")

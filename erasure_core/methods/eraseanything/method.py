@@ -11,8 +11,8 @@ from erasure_core.artifacts import ErasureArtifact, LowRankDelta
 from erasure_core.checkpoints import CheckpointStore
 from erasure_core.concepts import TEMPLATES, ConceptSpec, fill, neutral_anchor, preserve_prompts
 from erasure_core.errors import InvalidConfigError
-from erasure_core.expansion import expand_concept
 from erasure_core.methods.base import ErasureMethod, MethodContext, Progress
+from erasure_core.methods.common import expand
 from erasure_core.methods.eraseanything.config import EraseAnythingConfig
 from erasure_core.methods.eraseanything.temporal import frame_residuals
 from erasure_core.methods.eraseanything.trainer import EraseAnythingTrainer
@@ -66,7 +66,7 @@ class EraseAnything(ErasureMethod):
         self.check_family(ctx.family)
         config = config.for_model(ctx.family.native_size(ctx.pipe), demo=ctx.model_id == "demo")
         started = time.perf_counter()
-        phrasings = expand_concept(ctx.pipe, ctx.family, spec.concept, spec.synonyms, mine=spec.expand)
+        phrasings = list(expand(ctx, spec).phrasings)
         prompts = [fill(t, spec.concept) for t in TEMPLATES[spec.kind] if "{}" in t]
         if config.anchor_in_prompt:  # the word that replaces the concept in its own prompts
             anchor = spec.anchor or neutral_anchor(spec.concept, spec.kind)

@@ -102,19 +102,22 @@ class ICEConfig(BaseModel):
         eta = self.resolved_eta(spec)
         return [(eta, self.preserve_scale_at(eta))]
 
+    def basis_kwargs(self, n_phrasings: int = 1) -> dict[str, Any]:
+        """The keyword arguments of `kernel.dissociation` (the setting-free part of the operator) for a concept
+        erased through `n_phrasings` phrasings."""
+        return {
+            "alpha_e": self.alpha_erase,
+            "alpha_p": self.alpha_preserve,
+            "lam": self.lam,
+            "mu": self.mu,
+            "energy": self.energy,
+            "max_rank": self.resolved_max_rank(n_phrasings),
+        }
+
     def kernel_kwargs(
         self, spec: ConceptSpec | None = None, n_phrasings: int = 1, setting: tuple[float, float] | None = None
     ) -> dict[str, Any]:
         """The keyword arguments of `kernel.dissociation_operator` these settings stand for, for `spec`'s concept
         erased through `n_phrasings` phrasings (at `setting`, an (eta, preserve_scale) pair, when given)."""
         eta, preserve_scale = setting or (self.resolved_eta(spec), self.resolved_preserve_scale(spec))
-        return {
-            "alpha_e": self.alpha_erase,
-            "alpha_p": self.alpha_preserve,
-            "lam": self.lam,
-            "mu": self.mu,
-            "preserve_scale": preserve_scale,
-            "energy": self.energy,
-            "max_rank": self.resolved_max_rank(n_phrasings),
-            "eta": eta,
-        }
+        return {**self.basis_kwargs(n_phrasings), "preserve_scale": preserve_scale, "eta": eta}

@@ -36,6 +36,8 @@ The preserve term (s_p) is UCE's (Gandikota et al. 2024), restricted here to the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -82,6 +84,53 @@ def overlap_projector(a: torch.Tensor, b: torch.Tensor, *, eps: float = 1e-6) ->
     return (0.5 * (o + o.T)).to(a.dtype)
 
 
+@dataclass(frozen=True)
+class Dissociation:
+    """The parts of J(M) that neither eta nor the preserve weight changes, computed once per text space.
+
+    In erase coordinates, with y = (1 + eta) (c - c_anchor) V, the closed form is
+    M*(eta, s_p) = (1 + eta) A Y_0^T Z (Z^T Z + s_p Z_p^T Z_p + R)^{-1}: the Gram matrices, the overlap O and the
+    regulariser R = n_e s (lam O + mu I) are shared by every setting, so a ladder of (eta, s_p) costs one small
+    k x k solve per preserve weight instead of a decomposition per setting.
+    """
+
+    v_e: torch.Tensor  # [d, k] erase basis
+    a: torch.Tensor  # [k, k] anisotropic erase weights (float64)
+    g_zz: torch.Tensor
+    g_yz: torch.Tensor  # Y_0^T Z for eta = 0
+    g_pp: torch.Tensor
+    reg: torch.Tensor
+
+    def solve(self, eta: float = 0.0, preserve_scale: float = 1.0) -> torch.Tensor:
+        """M* [k, k] for one setting."""
+        m = _closed_form(self.a, self.g_zz, self.g_yz, self.g_pp, self.reg, preserve_scale)
+        return ((1.0 + eta) * m).to(self.v_e.dtype)
+
+
+def _closed_form(
+    a: torch.Tensor, g_zz: torch.Tensor, g_yz: torch.Tensor, g_pp: torch.Tensor, reg: torch.Tensor, s_p: float
+) -> torch.Tensor:
+    """M* = A Y^T Z (Z^T Z + s_p Z_p^T Z_p + R)^{-1} in float64 (the system is symmetric)."""
+    return a @ torch.linalg.solve(g_zz + s_p * g_pp + reg, g_yz.T).T
+
+
+def dissociation_system(
+    z_e: torch.Tensor, y_e: torch.Tensor, z_p: torch.Tensor, a: torch.Tensor, *, lam: float, mu: float, alpha_p: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Z^T Z, Y^T Z, Z_p^T Z_p, R) of the objective below, in float64."""
+    k = z_e.shape[1]
+    z, y, zp = z_e.double(), y_e.double(), z_p.double()
+    g_zz = z.T @ z
+    g_pp = zp.T @ zp
+    scale = torch.trace(g_zz) / (k * len(z))
+    p_eval, p_vec = torch.linalg.eigh(g_pp)
+    p_ratio = (p_eval.clamp_min(0) / p_eval.clamp_min(0).max().clamp_min(1e-30)).clamp(0, 1)
+    b = (p_vec * spectral_expansion(p_ratio, alpha_p)) @ p_vec.T
+    o = overlap_projector(a.double(), b)
+    reg = len(z) * scale * (lam * o + mu * torch.eye(k, dtype=torch.float64))
+    return g_zz, y.T @ z, g_pp, reg
+
+
 def solve_dissociation(
     z_e: torch.Tensor,
     y_e: torch.Tensor,
@@ -102,19 +151,32 @@ def solve_dissociation(
     energy-weighted preserve operator, and s the mean erase energy per direction (so lam and mu are scale-free).
     Closed form: M* = A Y^T Z (Z^T Z + preserve_scale Z_p^T Z_p + n_e s (lam O + mu I))^{-1}.
     """
-    k = z_e.shape[1]
-    z, y, zp = z_e.double(), y_e.double(), z_p.double()
-    g_zz = z.T @ z
-    g_yz = y.T @ z
-    g_pp = zp.T @ zp
-    scale = torch.trace(g_zz) / (k * len(z))
-    p_eval, p_vec = torch.linalg.eigh(g_pp)
-    p_ratio = (p_eval.clamp_min(0) / p_eval.clamp_min(0).max().clamp_min(1e-30)).clamp(0, 1)
-    b = (p_vec * spectral_expansion(p_ratio, alpha_p)) @ p_vec.T
-    o = overlap_projector(a.double(), b)
-    eye = torch.eye(k, dtype=torch.float64)
-    system = g_zz + preserve_scale * g_pp + len(z) * scale * (lam * o + mu * eye)
-    return (a.double() @ torch.linalg.solve(system, g_yz.T).T).to(z_e.dtype)  # system is symmetric
+    g_zz, g_yz, g_pp, reg = dissociation_system(z_e, y_e, z_p, a, lam=lam, mu=mu, alpha_p=alpha_p)
+    return _closed_form(a.double(), g_zz, g_yz, g_pp, reg, preserve_scale).to(z_e.dtype)
+
+
+def dissociation(
+    x_c: torch.Tensor,
+    x_a: torch.Tensor,
+    x_p: torch.Tensor,
+    *,
+    alpha_e: float,
+    alpha_p: float,
+    lam: float,
+    mu: float = 1e-3,
+    energy: float = 0.99,
+    max_rank: int = 128,
+) -> Dissociation:
+    """The setting-free part of the ICE operator for one text space (`Dissociation.solve` gives M* per setting).
+
+    Args:
+        x_c: concept rows [n, d]; x_a: their position-aligned anchor rows [n, d]; x_p: preserve rows [m, d].
+    """
+    v_e, r_e = erase_basis(x_c - x_a, energy=energy, max_rank=max_rank)
+    a = torch.diag(spectral_expansion(r_e / r_e.max(), alpha_e))
+    z_e, y_e = x_c.float() @ v_e, (x_c - x_a).float() @ v_e
+    g_zz, g_yz, g_pp, reg = dissociation_system(z_e, y_e, x_p.float() @ v_e, a, lam=lam, mu=mu, alpha_p=alpha_p)
+    return Dissociation(v_e, a.double(), g_zz, g_yz, g_pp, reg)
 
 
 def dissociation_operator(
@@ -138,13 +200,10 @@ def dissociation_operator(
         eta: dissociation past the anchor: concept rows are mapped onto x_a - eta (x_c - x_a), the embedding-space
             analogue of ESD's negative guidance (0: onto the anchor itself).
     """
-    v_e, r_e = erase_basis(x_c - x_a, energy=energy, max_rank=max_rank)
-    a = torch.diag(spectral_expansion(r_e / r_e.max(), alpha_e))
-    z_e, y_e = x_c.float() @ v_e, (1.0 + eta) * (x_c - x_a).float() @ v_e
-    m = solve_dissociation(
-        z_e, y_e, x_p.float() @ v_e, a, lam=lam, mu=mu, alpha_p=alpha_p, preserve_scale=preserve_scale
+    problem = dissociation(
+        x_c, x_a, x_p, alpha_e=alpha_e, alpha_p=alpha_p, lam=lam, mu=mu, energy=energy, max_rank=max_rank
     )
-    return v_e, m
+    return problem.v_e, problem.solve(eta, preserve_scale)
 
 
 def layer_delta(w: torch.Tensor, v_e: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,25 +6,22 @@ import logging
 import time
 from typing import Any
 
-import torch
-
 from erasure_core.adapters import get_linear
 from erasure_core.artifacts import ErasureArtifact, LowRankDelta
 from erasure_core.checkpoints import CheckpointStore
-from erasure_core.concepts import ConceptSpec, protected_words
-from erasure_core.expansion import expansion
+from erasure_core.concepts import ConceptSpec
 from erasure_core.methods.base import ErasureMethod, MethodContext, Progress
 from erasure_core.methods.common import (
     ConceptRows,
     concept_rows,
     even_rows,
+    expand,
     paired_top_rows,
-    reading_index,
     with_also,
 )
 from erasure_core.methods.ice import selfcheck
 from erasure_core.methods.ice.config import ICEConfig
-from erasure_core.methods.ice.kernel import dissociation_operator, layer_delta
+from erasure_core.methods.ice.kernel import Dissociation, dissociation, layer_delta
 
 logger = logging.getLogger(__name__)
 
@@ -46,18 +43,7 @@ class ICE(ErasureMethod):
     ) -> ErasureArtifact:
         assert isinstance(config, ICEConfig)
         started = time.perf_counter()
-        exclude = protected_words(spec, ctx.preserve_corpus)
-        found = expansion(
-            ctx.pipe,
-            ctx.family,
-            spec.concept,
-            spec.synonyms,
-            mine=spec.expand,
-            mine_k=config.mine_k,
-            llm=ctx.llm if spec.expand else None,
-            exclude=exclude,
-            index=reading_index(ctx) if spec.expand else None,
-        )
+        found = expand(ctx, spec, config.mine_k)
         phrasings = with_also(list(found.phrasings), spec)
         if found.neighbours:  # what the model reads near the concept but draws differently is held still
             spec = spec.model_copy(update={"preserve": (*spec.preserve, *found.neighbours)})
@@ -68,9 +54,10 @@ class ICE(ErasureMethod):
         # 8% of one frame's samples (tests/test_video_erasure.py), so video keeps the fixed strength for now.
         video = hasattr(ctx.family.training, "token_frames")
         settings = config.settings(spec, measurable=probe is not None and not video)
+        problems = self._problems(ctx, rows, config, len(phrasings))
         tried = []
         for setting in settings:  # one setting unless the self-check chooses the strength
-            maps = self._solve(ctx, rows, config, config.kernel_kwargs(spec, len(phrasings), setting))
+            maps = {name: (p.v_e, p.solve(*setting)) for name, p in problems.items()}
             tried.append((setting, maps, None if probe is None else selfcheck.measure(ctx, probe, maps)))
             if selfcheck.settled(tried[-1][2]):  # no stronger setting can be chosen over this one
                 break
@@ -117,13 +104,13 @@ class ICE(ErasureMethod):
         return selfcheck.probe(ctx, erase, keep)
 
     @staticmethod
-    def _solve(
-        ctx: MethodContext, rows: ConceptRows, config: ICEConfig, kwargs: dict[str, Any]
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """The dissociation map (V_e, M) of every text space for one setting of the kernel."""
-        maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    def _problems(
+        ctx: MethodContext, rows: ConceptRows, config: ICEConfig, n_phrasings: int
+    ) -> dict[str, Dissociation]:
+        """Every text space's setting-free part of the operator (the ladder's settings are each one small solve)."""
+        problems: dict[str, Dissociation] = {}
         for space in ctx.family.text_spaces:
             x_c, x_a = paired_top_rows(rows.erase[space.name], rows.anchor[space.name], config.max_erase_rows)
             x_p = even_rows(rows.preserve[space.name], config.max_preserve_rows)
-            maps[space.name] = dissociation_operator(x_c, x_a, x_p, **kwargs)
-        return maps
+            problems[space.name] = dissociation(x_c, x_a, x_p, **config.basis_kwargs(n_phrasings))
+        return problems

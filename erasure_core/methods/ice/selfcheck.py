@@ -40,12 +40,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from erasure_core.expansion import REFERENCE_WORDS
+from erasure_core.expansion import REFERENCE_WORDS, probe_response, probe_velocities
 from erasure_core.methods.base import MethodContext
+from erasure_core.methods.common import velocity_memo
 
 logger = logging.getLogger(__name__)
 
-SIGMAS = (0.9, 0.6)
 Maps = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -78,32 +78,20 @@ class Probe:
     centre: torch.Tensor  # [features]
 
 
-def _velocities(ctx: MethodContext, cond: Any) -> torch.Tensor:
-    ops = ctx.family.training
-    assert ops is not None, "probe() returns None for a family without training ops"
-    latents = ops.noise(ctx.pipe, len(SIGMAS), torch.Generator().manual_seed(0))
-    n = cond.tokens.shape[0]
-    out = []
-    with torch.no_grad():
-        for j, sigma in enumerate(SIGMAS):
-            x = latents[j : j + 1].expand(n, -1, -1)
-            s = torch.full((n,), sigma, device=x.device, dtype=x.dtype)
-            out.append(ops.velocity(ctx.pipe, x, s, cond).flatten(1).float().cpu())
-    return torch.cat(out, dim=1)
-
-
 def probe(ctx: MethodContext, erase: Sequence[str], keep: Sequence[str]) -> Probe | None:
-    """Encodes the probe prompts (plus the everyday reference words) and runs the base model on them; None when the
-    family cannot run its transformer on its own (no training ops)."""
+    """Encodes the probe prompts and runs the base model on them and on the everyday reference words (whose
+    velocities the model's memo already holds after its first erasure); None when the family cannot run its
+    transformer on its own (no training ops)."""
     if ctx.family.training is None:
         return None
-    reference = [f"a {w}" for w in REFERENCE_WORDS]
-    prompts = [*erase, *keep, *reference]
+    prompts = [*erase, *keep]
     cond = ctx.family.training.encode_text(ctx.pipe, prompts)
     if not all(hasattr(cond, s.name) for s in ctx.family.text_spaces):
         return None
-    v = _velocities(ctx, cond)
-    return Probe(list(erase), list(keep), cond, v, v[len(erase) :].mean(0))
+    v = probe_response(ctx.pipe, ctx.family, cond)
+    reference = probe_velocities(ctx.pipe, ctx.family, [f"a {w}" for w in REFERENCE_WORDS], velocity_memo(ctx))
+    centre = torch.cat([v[len(erase) :], reference]).mean(0)
+    return Probe(list(erase), list(keep), cond, v, centre)
 
 
 def _edited(cond: Any, maps: Maps) -> Any:
@@ -120,7 +108,7 @@ def measure(ctx: MethodContext, p: Probe, maps: Maps) -> Check:
     """Survival of the concept's probe prompts and drift of the kept ones under the edit `maps` (the reference words
     only centre the comparison: their edited velocities are not needed)."""
     n_e, n_k = len(p.erase), len(p.keep)
-    after = _velocities(ctx, _edited(p.cond.index(list(range(n_e + n_k))), maps))
+    after = probe_response(ctx.pipe, ctx.family, _edited(p.cond, maps))
     base_e, after_e = p.base[:n_e], after[:n_e]
     survival = F.cosine_similarity(after_e - p.centre, base_e - p.centre, dim=1)
     moved = (after_e - base_e).norm(dim=1).mean().clamp_min(1e-6)

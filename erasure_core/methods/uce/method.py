@@ -15,9 +15,8 @@ from erasure_core.adapters import get_linear
 from erasure_core.artifacts import ErasureArtifact, LowRankDelta
 from erasure_core.checkpoints import CheckpointStore
 from erasure_core.concepts import ConceptSpec
-from erasure_core.expansion import expand_concept
 from erasure_core.methods.base import ErasureMethod, MethodContext, Progress
-from erasure_core.methods.common import concept_rows, even_rows, with_also
+from erasure_core.methods.common import concept_rows, even_rows, expand, with_also
 from erasure_core.methods.uce.kernel import uce_solve
 
 
@@ -54,9 +53,7 @@ class UCE(ErasureMethod):
         checkpoints: CheckpointStore | None = None,
     ) -> ErasureArtifact:
         assert isinstance(config, UCEConfig)
-        phrasings = expand_concept(
-            ctx.pipe, ctx.family, spec.concept, spec.synonyms, mine=spec.expand, mine_k=config.mine_k
-        )
+        phrasings = list(expand(ctx, spec, config.mine_k).phrasings)
         phrasings = with_also(phrasings, spec)
         rows = concept_rows(ctx, spec, phrasings)
         deltas: dict[str, LowRankDelta] = {}
