@@ -1,6 +1,7 @@
 """ICE benchmark: (a) seconds per edit at real Flux dimensions; (b) the demo-world table ICE vs UCE vs none.
 
 Usage: python bench/ice.py [--skip-table] [--shapes triangle cross] [--seeds 2] [--eta 2 4] [--many 100]
+                           [--instant [shapes fills]]
 Prints one JSON object. (a) times the closed-form solve and the low-rank deltas for Flux's two text layers
 (context_embedder 4096 -> 3072, text_embedder.linear_1 768 -> 3072) from 1,000 erase and 10,000 preserve token
 embeddings with random weights, excluding text encoding; target <= 1 s on this machine. (b) erases each shape with
@@ -118,13 +119,47 @@ def many_concepts(count: int = 100) -> dict[str, object]:
     vocab = sorted(w for w in engine.pipe.tokenizer_2.get_vocab() if w.isalpha() and len(w) > 4)
     random.Random(0).shuffle(vocab)
     concepts = ["triangle", "square", *[w for w in vocab if w not in ("triangle", "square")][: count - 2]]
-    engine.erase(ConceptSpec(concept="warm-up"))  # encodes the preserve corpus once, as a served model has
+    engine.prepare()  # the caches a served model fills while warming up
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        artifact = engine.erase(ConceptSpec(concept=concepts[0], also=tuple(concepts[1:])))
+        artifact = engine.erase(ConceptSpec(concept=concepts[0], also=tuple(concepts[1:]), expand=True))
         times.append(time.perf_counter() - start)
     return {"concepts": count, "median_s": round(statistics.median(times), 2), "stats": artifact.metadata["stats"]}
+
+
+def instant(worlds: list[str]) -> dict[str, object]:
+    """Seconds of the default ICE erasure as the service makes it (only the concept named, expansion and the
+    self-check on) of every shape of each demo world, on a warm model (`prepare`, as the service's warm-up does), and
+    where the time went (`encode_s`: expansion and encoding the prompts; `solve_s`: the probe, the ladder's solves
+    and checks)."""
+    from erasure_core.concepts import ConceptSpec
+    from erasure_core.models import load_engine
+    from erasure_core.worlds import fills, shapes
+    from erasure_core.worlds.fills_world import assemble_fills_world
+
+    out: dict[str, object] = {}
+    for world in worlds:
+        source, names = (
+            ("demo", shapes.SHAPES) if world == "shapes" else (str(assemble_fills_world(None)), fills.SHAPES)
+        )
+        engine = load_engine("flux", source, device="cpu")
+        engine.prepare()
+        rows = {}
+        for shape in names:
+            start = time.perf_counter()
+            stats = engine.erase(ConceptSpec(concept=shape, expand=True)).metadata["stats"]
+            rows[shape] = {
+                "seconds": round(time.perf_counter() - start, 2),
+                "encode_s": stats["encode_s"],
+                "solve_s": stats["solve_s"],
+                "settings_tried": len(stats.get("calibration", [])) or 1,
+                "erase_prompts": stats["erase_prompts"],
+                "preserve_prompts": stats["preserve_prompts"],
+            }
+        seconds = [r["seconds"] for r in rows.values()]
+        out[world] = {"per_shape": rows, "median_s": round(statistics.median(seconds), 2), "max_s": max(seconds)}
+    return out
 
 
 def main() -> None:
@@ -134,11 +169,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--eta", type=float, nargs="*", default=[], help="extra ICE rows with these eta values")
     parser.add_argument("--many", type=int, default=0, help="also time one erasure of this many concepts (100)")
+    parser.add_argument(
+        "--instant",
+        nargs="*",
+        default=None,
+        help="also time the default erasure of every shape of these worlds (shapes fills), warm",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     result: dict[str, object] = {"real_dims_edit": time_real_dims()}
     if args.many:
         result["many_concepts"] = many_concepts(args.many)
+    if args.instant is not None:
+        result["instant"] = instant(args.instant or ["shapes", "fills"])
     if not args.skip_table:
         result["demo_table"] = demo_table(args.shapes, args.seeds, args.eta)
     print(json.dumps(result, indent=2))

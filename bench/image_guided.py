@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import logging
 import time
 from typing import Any
 
 import torch
+from _common import run
 
 CONCEPTS = {"shapes": "triangle", "fills": "star"}
 
@@ -103,18 +103,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for noisy in ("erasure_core", "diffusers", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    torch.set_num_threads(args.threads)
     anchors = dict(zip(("shapes", "fills"), args.anchor.split(":"), strict=True)) if args.anchor else {}
-    started = time.perf_counter()
-    result: dict[str, Any] = {
-        "settings": {"seeds_per_prompt": args.seeds, "threads": torch.get_num_threads()},
-        "worlds": {w: run_world(w, args.methods, args.images, anchors.get(w), args.seeds) for w in args.worlds},
-    }
-    result["runtime_s"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(result, indent=2))
+    run(
+        {"seeds_per_prompt": args.seeds},
+        lambda: {w: run_world(w, args.methods, args.images, anchors.get(w), args.seeds) for w in args.worlds},
+        args.threads,
+        None,
+    )
 
 
 if __name__ == "__main__":

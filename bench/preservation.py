@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
+from _common import run
 
 OTHER_SAMPLES = 36
 TARGET_SAMPLES = 24
@@ -116,21 +116,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for noisy in ("erasure_core", "diffusers", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    result: dict[str, Any] = {
-        "settings": {"expand": args.expand, "options": args.options, "threads": torch.get_num_threads()},
-        "worlds": {w: run_world(w, args.concepts, args.expand, args.options) for w in args.worlds},
-    }
-    result["runtime_s"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    run(
+        {"expand": args.expand, "options": args.options},
+        lambda: {w: run_world(w, args.concepts, args.expand, args.options) for w in args.worlds},
+        args.threads,
+        args.out,
+    )
 
 
 if __name__ == "__main__":

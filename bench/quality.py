@@ -12,14 +12,13 @@ and the seconds the erasure took; then per world and method the means. Methods: 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from _common import run
 
 METHODS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "uce": ("uce", {}, False),
@@ -105,26 +104,12 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for noisy in ("erasure_core", "diffusers", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    result: dict[str, Any] = {
-        "settings": {
-            "methods": args.methods,
-            "seeds_per_prompt": args.seeds,
-            "threads": torch.get_num_threads(),
-            "plain": args.plain,
-        },
-        "worlds": {w: run_world(w, args.methods, args.concepts, args.seeds, args.plain) for w in args.worlds},
-    }
-    result["runtime_s"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    run(
+        {"methods": args.methods, "seeds_per_prompt": args.seeds, "plain": args.plain},
+        lambda: {w: run_world(w, args.methods, args.concepts, args.seeds, args.plain) for w in args.worlds},
+        args.threads,
+        args.out,
+    )
 
 
 if __name__ == "__main__":

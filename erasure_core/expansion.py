@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -21,15 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from erasure_core.errors import ExpansionError
+from erasure_core.lexicon import encode_means, read_means, semantic_of, vocabulary_entries
 from erasure_core.memo import PromptMemo
 
 logger = logging.getLogger(__name__)
-
-_STOPWORDS = frozenset(
-    "a an the of and or in on at to for with by from as is are was were be this that these those it its one two "
-    "some any all no not very more most other such into over under up down out off".split()
-)
-_WORD = re.compile(r"^[a-z][a-z-]{2,}$")
 
 
 @dataclass(frozen=True)
@@ -59,18 +53,6 @@ class LLMEndpoint:
         )
 
 
-def _vocab_words(tokenizer: Any) -> tuple[list[str], list[int]]:
-    """Whole-word vocabulary entries (BERT "##" pieces and SentencePiece non-initial pieces dropped)."""
-    words, ids = [], []
-    for token, idx in tokenizer.get_vocab().items():
-        word = token[1:] if token.startswith("\u2581") else token
-        if token.startswith("##") or not _WORD.match(word) or word in _STOPWORDS:
-            continue
-        words.append(word)
-        ids.append(idx)
-    return words, ids
-
-
 def _shortlist(pipe: Any, concept: str, exclude: set[str], size: int) -> list[str]:
     """Whole-word vocabulary entries nearest the concept by input-embedding cosine (mean over its word pieces)."""
     tokenizer, encoder = pipe.tokenizer_2, pipe.text_encoder_2
@@ -79,7 +61,8 @@ def _shortlist(pipe: Any, concept: str, exclude: set[str], size: int) -> list[st
     if not piece_ids:
         return []
     query = table[piece_ids].mean(0, keepdim=True)
-    words, ids = _vocab_words(tokenizer)
+    entries = vocabulary_entries(tokenizer)
+    words, ids = [word for word, _ in entries], [idx for _, idx in entries]
     sims = F.cosine_similarity(table[ids], query)
     blocked = exclude | set(concept.lower().split())
     return [words[i] for i in sims.argsort(descending=True).tolist() if words[i] not in blocked][:size]
@@ -250,8 +233,6 @@ def mine_with_index(
     the velocity probe: the index proposes the `near` words the model's text layer reads nearest the concept and the
     `near` words its text encoder places nearest (the concept's kind), the model's own velocities decide (no word
     list, judge or caller's hint is involved)."""
-    from erasure_core.lexicon import encode_means, read_means, semantic_of
-
     blocked = (exclude or set()) | {w.lower() for w in concept.split()}
     means = encode_means(pipe, family, [concept])
     read_near = index.nearest(read_means(pipe, family, means)[0], near, exclude=blocked)

@@ -50,14 +50,19 @@ STOPWORDS = frozenset(
 )
 
 
-def vocabulary_words(tokenizer: Any) -> list[str]:
-    """Whole-word vocabulary entries (BERT "##" pieces and SentencePiece non-initial pieces dropped)."""
-    words = []
-    for token in tokenizer.get_vocab():
+def vocabulary_entries(tokenizer: Any) -> list[tuple[str, int]]:
+    """Whole-word vocabulary entries and their ids (BERT "##" pieces and SentencePiece non-initial pieces dropped)."""
+    entries = []
+    for token, idx in tokenizer.get_vocab().items():
         word = token[1:] if token.startswith("\u2581") else token
         if not token.startswith("##") and _WORD.match(word) and word not in STOPWORDS:
-            words.append(word)
-    return words
+            entries.append((word, idx))
+    return entries
+
+
+def vocabulary_words(tokenizer: Any) -> list[str]:
+    """The words of `vocabulary_entries`."""
+    return [word for word, _ in vocabulary_entries(tokenizer)]
 
 
 def frequent_words(size: int) -> list[str]:

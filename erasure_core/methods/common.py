@@ -130,6 +130,14 @@ def expand(ctx: MethodContext, spec: ConceptSpec, mine_k: int = 6) -> Mined:
     )
 
 
+def holding(spec: ConceptSpec, found: Mined) -> ConceptSpec:
+    """`spec` with the neighbours mining found added to its preserve terms: what the model reads near the concept
+    but draws differently is held still by the closed-form methods."""
+    if not found.neighbours:
+        return spec
+    return spec.model_copy(update={"preserve": (*spec.preserve, *found.neighbours)})
+
+
 def prepare(ctx: MethodContext) -> None:
     """Computes once what every instant erasure of this model reads, so that the first erasure is as fast as the
     rest: the preserve corpus's encodings and, where the family can probe its model, the reading index (built from

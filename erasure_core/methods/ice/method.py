@@ -16,6 +16,7 @@ from erasure_core.methods.common import (
     concept_rows,
     even_rows,
     expand,
+    holding,
     paired_top_rows,
     with_also,
 )
@@ -45,8 +46,7 @@ class ICE(ErasureMethod):
         started = time.perf_counter()
         found = expand(ctx, spec, config.mine_k)
         phrasings = with_also(list(found.phrasings), spec)
-        if found.neighbours:  # what the model reads near the concept but draws differently is held still
-            spec = spec.model_copy(update={"preserve": (*spec.preserve, *found.neighbours)})
+        spec = holding(spec, found)
         rows = concept_rows(ctx, spec, phrasings)
         encoded_at = time.perf_counter()
         probe = self._probe(ctx, spec, config, phrasings, found.neighbours)

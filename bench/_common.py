@@ -1,0 +1,32 @@
+"""What the bench scripts share: quiet logging, the torch thread count, and one JSON result with its run time.
+
+The scripts run as `python bench/<name>.py`, so this module is imported by its bare name (`from _common import ...`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def run(settings: dict[str, Any], worlds: Callable[[], dict[str, Any]], threads: int, out: Path | None) -> None:
+    """Sets up logging and `threads` torch threads (0: torch's default), runs `worlds()`, and prints (and writes to
+    `out`) {"settings": ..., "worlds": ..., "runtime_s": ...}."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("erasure_core", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    result: dict[str, Any] = {"settings": {**settings, "threads": torch.get_num_threads()}, "worlds": worlds()}
+    result["runtime_s"] = round(time.perf_counter() - started, 1)
+    text = json.dumps(result, indent=2)
+    if out:
+        out.write_text(text)
+    print(text)
