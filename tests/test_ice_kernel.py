@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from erasure_core.methods.ice.kernel import (
+    dissociation,
     dissociation_operator,
     erase_basis,
     layer_delta,
@@ -103,3 +104,23 @@ def test_eta_pushes_the_concept_past_its_anchor() -> None:
         target = x_a - eta * (x_c - x_a)
         assert (edited - target).norm() / (x_c - x_a).norm() < 0.15 * (1 + eta)
         assert ((edited - x_a) * (x_c - x_a)).sum() <= 0.05 * (x_c - x_a).pow(2).sum()  # not on the concept's side
+
+
+def test_every_setting_of_a_ladder_solves_from_one_factorisation() -> None:
+    """`dissociation(...).solve(eta, s_p)` equals the closed form built from scratch for that setting, with the
+    target scaled by (1 + eta) before the solve: the ladder shares the basis and Gram matrices, nothing else."""
+    g = torch.Generator().manual_seed(4)
+    x_a = torch.randn(80, 24, generator=g)
+    x_c = x_a + torch.randn(80, 3, generator=g) @ torch.randn(3, 24, generator=g)
+    x_p = torch.randn(300, 24, generator=g)
+    kwargs = {"alpha_e": 100.0, "alpha_p": 8.0, "lam": 0.25, "mu": 1e-3, "energy": 0.999, "max_rank": 8}
+    problem = dissociation(x_c, x_a, x_p, **kwargs)
+    v = problem.v_e
+    a = problem.a.float()
+    for eta, s_p in ((0.0, 64.0), (1.0, 64.0), (2.0, 16.0), (4.0, 16.0)):
+        direct = solve_dissociation(
+            x_c @ v, (1 + eta) * (x_c - x_a) @ v, x_p @ v, a, lam=0.25, mu=1e-3, alpha_p=8.0, preserve_scale=s_p
+        )
+        assert torch.allclose(problem.solve(eta, s_p), direct, rtol=1e-4, atol=1e-6)
+        v_op, m_op = dissociation_operator(x_c, x_a, x_p, **kwargs, eta=eta, preserve_scale=s_p)
+        assert torch.equal(v_op, v) and torch.allclose(m_op, direct, rtol=1e-4, atol=1e-6)
