@@ -21,7 +21,7 @@ FIRST_SEED = 60_000
 
 
 def measure_world(name: str, concepts: list[str] | None, seeds: int, plain: bool = False, cache: Path | None = None):
-    """Per-concept figures for one world (also used by tests/test_rephrasings.py)."""
+    """Per-concept figures for one world."""
     from erasure_core.concepts import ConceptSpec
     from erasure_core.models import load_engine
     from erasure_core.worlds.evaluation import engine_generator
