@@ -19,7 +19,9 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 # A short EraseAnything++ job (as in tests/service/test_api.py): a few seconds here, several progress writes.
-FAST_JOB = {"steps": 30, "concept_images": 1, "sample_steps": 2, "checkpoint_every": 10}
+# Long enough that the page sees the job running: since mining went through the reading index, a 30-step job could
+# finish before the page opened its event stream (CI saw no running event once).
+FAST_JOB = {"steps": 90, "concept_images": 1, "sample_steps": 2, "checkpoint_every": 10}
 REPORTS_ROUTE = "/v1/erasures/{erasure_id}/reports"
 
 
@@ -107,7 +109,7 @@ def test_playground_end_to_end(playground_server: LiveServer, browser: Any) -> N
     running = [e for e in events if e["status"] == "running" and e["step"] > 0]
     assert len(running) >= 2 and running[-1]["losses"], events
     assert [e["step"] for e in events] == sorted(e["step"] for e in events)
-    assert "step 30/30" in driver.find_element(By.ID, "progress-detail").text
+    assert "step 90/90" in driver.find_element(By.ID, "progress-detail").text
 
     try:
         _report(driver, playground_server, ice_id)
