@@ -86,6 +86,7 @@ REFERENCE_WORDS = ("dog", "car", "house", "tree", "person", "cup", "chair", "bir
 
 # The velocity probe's fixed noisy latents: two noise levels of the sampler's range, one seeded draw.
 PROBE_SIGMAS = (0.9, 0.6)
+PROBE_BATCH = 128  # prompts encoded and run through the transformer at once
 
 
 @torch.no_grad()
@@ -117,8 +118,6 @@ def probe_velocities(pipe: Any, family: Any, prompts: list[str], memo: PromptMem
     return torch.stack([found[p] for p in prompts])
 
 
-PROBE_BATCH = 128
-
 
 def _probe_scores(
     pipe: Any,
@@ -136,8 +135,8 @@ def _probe_scores(
     does not place them near the concept.
     """
     v = probe_velocities(pipe, family, [f"a {w}" for w in [concept, *words, *reference]], memo)
-    # Centre on the candidates' (or the reference words') mean response: any noun moves the model away from
-    # "a thing" in a shared way.
+    # Centre on the reference words' (or, without them, the candidates') mean response: any noun moves the model in
+    # a shared way, which says nothing about the concept.
     candidates = v[1 : 1 + len(words)]
     centre = (v[1 + len(words) :] if reference else candidates).mean(0, keepdim=True)
     return F.cosine_similarity(candidates - centre, v[:1] - centre)
