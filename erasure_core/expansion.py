@@ -118,7 +118,6 @@ def probe_velocities(pipe: Any, family: Any, prompts: list[str], memo: PromptMem
     return torch.stack([found[p] for p in prompts])
 
 
-
 def _probe_scores(
     pipe: Any,
     family: Any,
