@@ -16,7 +16,6 @@ from erasure_core.methods.common import (
     concept_rows,
     even_rows,
     expand,
-    holding,
     paired_top_rows,
     with_also,
 )
@@ -46,8 +45,7 @@ class ICE(ErasureMethod):
         started = time.perf_counter()
         found = expand(ctx, spec, config.mine_k)
         phrasings = with_also(list(found.phrasings), spec)
-        spec = holding(spec, found)
-        rows = concept_rows(ctx, spec, phrasings)
+        rows = concept_rows(ctx, spec, phrasings, found)
         encoded_at = time.perf_counter()
         probe = self._probe(ctx, spec, config, phrasings, found.neighbours)
         # The ladder was measured on image models; on the video world its gentlest accepted setting left a shape in
