@@ -2,14 +2,14 @@
 
 Usage: python bench/quality_video.py [--threads 1] [--concept triangle] [--out video.json] [--skip-trained]
        [--rows eraseanything,eraseanything_no_temporal] [--ea-options '{"lr": 0.006}']
-Prints one JSON object (and writes it to --out) with one row per erasure: none; ICE with its defaults, and keeping
-the other shapes by name (`preserve`); EraseAnything++ `preset: cpu-video` with the temporal term, and the same run
-with `temporal_weight: 0`. Each row has the per-frame target rate ("a {colour} {concept}", 6 colours x 4 seeds = 24
-clips), each other shape's per-frame rate (6 colours x 2 seeds = 12 clips per shape, 48 in all), first-vs-last
-leakage, the per-frame change of the other shapes against `none` (largest of any shape, and of their mean), the
-seconds the erasure took (training included) and, for trained rows, the trainer's own per-frame residual. Clips: 9
-frames, 32x32, 8 steps, the pipeline's guidance (7.5), fixed seeds. `erasure_core.worlds.video_metrics` computes every
-figure; `tests/test_video_erasure.py` asserts a subset.
+Prints one JSON object (and writes it to --out) with one row per erasure: none; ICE as the service runs it with only the
+concept named (expansion on), the same with `expand: false`, and keeping the other shapes by name (`preserve`);
+EraseAnything++ `preset: cpu-video` with the temporal term, and the same run with `temporal_weight: 0`. Each row has the
+per-frame target rate ("a {colour} {concept}", 6 colours x 4 seeds = 24 clips), each other shape's per-frame rate (6
+colours x 2 seeds = 12 clips per shape, 48 in all), first-vs-last leakage, the per-frame change of the other shapes
+against `none` (largest of any shape, and of their mean), the seconds the erasure took (training included) and, for
+trained rows, the trainer's own per-frame residual. Clips: 9 frames, 32x32, 8 steps, the pipeline's guidance (7.5),
+fixed seeds. `erasure_core.worlds.video_metrics` computes every figure; `tests/test_video_erasure.py` asserts a subset.
 """
 
 from __future__ import annotations
@@ -97,10 +97,12 @@ def main() -> None:
         }
     ]
     plain = ConceptSpec(concept=target)
+    expanded = ConceptSpec(concept=target, expand=True)  # what the service does with only the concept named
     keep = ConceptSpec(concept=target, preserve=tuple(s for s in SHAPES if s != target))
     extra = json.loads(args.ea_options)
     table = [
-        ("ice_default", plain, "ice", {}),
+        ("ice_default", expanded, "ice", {}),
+        ("ice_no_expand", plain, "ice", {}),
         ("ice", keep, "ice", {}),
         ("eraseanything", plain, "eraseanything", {"preset": "cpu-video", **extra}),
         ("eraseanything_no_temporal", plain, "eraseanything", {"preset": "cpu-video", **extra, "temporal_weight": 0.0}),
