@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,12 +17,6 @@ MAX_CONCEPTS = 100  # concepts one erasure may remove together: `concept` plus u
 # erasing 100 concepts costs about as much text encoding as erasing one with its mined phrasings.
 ERASE_PROMPT_BUDGET = 480
 MIN_TEMPLATES = 4
-# Templates per neighbour that expansion found (a word the model reads near the concept but draws differently, held
-# still by the erasure), against every template for a preserve term the caller named. Text encoding is most of an
-# instant erasure's time, and a prior shape has up to 16 neighbours: 384 prompts at every template. Measured
-# (`bench/quality.py --plain`, both worlds, 2 seeds): the same or better targets and other shapes at 8, while 8 for the
-# mined phrasings too raised targets (the shapes world's circle 0.28 -> 0.50), so phrasings keep every template.
-BRIEF_TEMPLATES = 8
 
 # Contexts a concept is placed in to sample its embeddings. "{}" is the concept (or its anchor).
 TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -240,25 +233,9 @@ def erase_and_anchor_prompts(phrasings: list[str], kind: str, anchor: str | None
     return erase, anchors
 
 
-def brief_templates(kind: str) -> tuple[str, ...]:
-    """`BRIEF_TEMPLATES` of a kind's templates: the first two (the bare word, "a {}"), then evenly spread over the
-    rest, so a word is still seen in the plain, framed, coloured and placed contexts."""
-    every = TEMPLATES[kind]
-    if len(every) <= BRIEF_TEMPLATES:
-        return every
-    rest = every[2:]
-    step = len(rest) / (BRIEF_TEMPLATES - 2)
-    return every[:2] + tuple(rest[int(i * step)] for i in range(BRIEF_TEMPLATES - 2))
-
-
-def preserve_prompts(
-    spec: ConceptSpec, phrasings: list[str], corpus: list[str], brief: Collection[str] = ()
-) -> list[str]:
-    """The preserve terms in the concept's templates (those in `brief`, found by expansion rather than named, in
-    `brief_templates` only), plus the corpus, minus anything naming the concept."""
-    prompts = [
-        fill(t, p) for p in spec.preserve for t in (brief_templates(spec.kind) if p in brief else TEMPLATES[spec.kind])
-    ]
+def preserve_prompts(spec: ConceptSpec, phrasings: list[str], corpus: list[str]) -> list[str]:
+    """The caller's preserve terms in the concept's templates, plus the corpus, minus anything naming the concept."""
+    prompts = [fill(t, p) for p in spec.preserve for t in TEMPLATES[spec.kind]]
     prompts += list(corpus)
     blocked = phrasings + ([] if spec.anchor is None else [])
     unique = dict.fromkeys(p for p in prompts if not mentions(p, blocked))

@@ -222,18 +222,3 @@ def test_the_prompt_encoding_memo_is_bounded(demo_engine) -> None:
             assert torch.allclose(states, torch.cat([first[space][:5], first[space][-5:]]), atol=1e-5)
     finally:
         demo_engine.context.cache["encoded"] = saved if saved is not None else PromptMemo(ENCODING_MEMO_BYTES)
-
-
-def test_found_neighbours_are_held_in_fewer_templates_than_named_preserve_terms() -> None:
-    """A preserve term the caller names is held in every template of its kind; a neighbour expansion found (up to
-    16 for a prior shape) in `brief_templates`, which still include the bare word and "a {}"."""
-    from erasure_core.concepts import BRIEF_TEMPLATES, TEMPLATES, brief_templates, preserve_prompts
-
-    spec = ConceptSpec(concept="triangle", preserve=("circle", "square"))
-    prompts = preserve_prompts(spec, ["triangle"], ["a red dog"], brief=("square",))
-    circles, squares = [p for p in prompts if "circle" in p], [p for p in prompts if "square" in p]
-    assert len(circles) == len(TEMPLATES["object"]) and len(squares) == BRIEF_TEMPLATES
-    assert {"square", "a square"} <= set(squares) and "a red dog" in prompts
-    for kind, every in TEMPLATES.items():
-        brief = brief_templates(kind)
-        assert len(brief) == min(BRIEF_TEMPLATES, len(every)) and set(brief) <= set(every), kind

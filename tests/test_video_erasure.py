@@ -136,21 +136,17 @@ def base(engine) -> TemporalReport:
 
 
 def test_ice_erases_the_shape_in_every_frame(engine, base: TemporalReport) -> None:
-    """ICE as the service makes it with only the concept named (expansion on, strength chosen by the self-check):
-    the target in at most one clip of 12 in any frame and no later frame worse than the first by more than that
-    clip, the others' mean per-frame rate within 10 points. The issue's bars (5% per frame, others within 5 points)
-    are not met yet: with the fixed strength the self-check replaced here, the target went but the others lost 21-37
-    points per frame (`bench/quality_video.py`)."""
-    artifact = engine.erase(ConceptSpec(concept=TARGET, expand=True), method="ice")
-    engine.attach("ice-video", artifact)
+    """ICE (keeping the other shapes by name): the target in no frame, no late leak, the others' per-frame rate
+    within 5 points. Without `preserve` the others lose about 20 points per frame on this world (the bench)."""
+    spec = ConceptSpec(concept=TARGET, preserve=tuple(s for s in SHAPES if s != TARGET))
+    engine.attach("ice-video", engine.erase(spec, method="ice"))
     erased = _measure(engine, ["ice-video"])
-    figures = {"base": base.to_json(), "erased": erased.to_json(base), "stats": artifact.metadata["stats"]}
+    figures = {"base": base.to_json(), "erased": erased.to_json(base)}
     logger.info("video ICE: %s", figures)
     assert min(base.target_rate) >= 0.8, figures
-    assert erased.max_target_rate <= 1 / 12, figures
-    assert erased.leakage <= 1 / 12, figures
-    assert max(abs(c) for c in erased.others_mean_change(base)) <= 0.10, figures
-    assert artifact.metadata["stats"]["calibration"], figures  # the strength was chosen on the model, as for images
+    assert erased.max_target_rate <= 0.05, figures
+    assert erased.leakage <= 0.02, figures
+    assert max(abs(c) for c in erased.others_mean_change(base)) <= 0.05, figures
 
 
 def test_eraseanything_runs_on_open_sora(engine) -> None:

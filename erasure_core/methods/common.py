@@ -80,18 +80,10 @@ def erase_rows(
     return {k: flatten(v) for k, v in enc_e.items()}, {k: flatten(v) for k, v in enc_a.items()}, len(erase)
 
 
-def concept_rows(
-    ctx: MethodContext, spec: ConceptSpec, phrasings: list[str], found: Mined | None = None
-) -> ConceptRows:
-    """Builds and encodes the erase, anchor and preserve prompt sets of a concept. With what expansion `found`, its
-    neighbours are held still too (in fewer templates than a preserve term the caller named: `preserve_prompts`)."""
-    brief: tuple[str, ...] = ()
-    if found is not None and found.neighbours:
-        named = {" ".join(p.split()).lower() for p in spec.preserve}
-        brief = tuple(n for n in found.neighbours if n not in named)
-        spec = spec.model_copy(update={"preserve": (*spec.preserve, *brief)})
+def concept_rows(ctx: MethodContext, spec: ConceptSpec, phrasings: list[str]) -> ConceptRows:
+    """Builds and encodes the erase, anchor and preserve prompt sets of a concept."""
     erase, anchor, n_erase = erase_rows(ctx, spec, phrasings)
-    preserve = preserve_prompts(spec, phrasings, ctx.preserve_corpus, brief)
+    preserve = preserve_prompts(spec, phrasings, ctx.preserve_corpus)
     enc_p = encode_cached(ctx, preserve)
     return ConceptRows(
         erase=erase,
@@ -136,6 +128,14 @@ def expand(ctx: MethodContext, spec: ConceptSpec, mine_k: int = 6) -> Mined:
         index=reading_index(ctx) if spec.expand else None,
         memo=velocity_memo(ctx),
     )
+
+
+def holding(spec: ConceptSpec, found: Mined) -> ConceptSpec:
+    """`spec` with the neighbours mining found added to its preserve terms: what the model reads near the concept
+    but draws differently is held still by the closed-form methods."""
+    if not found.neighbours:
+        return spec
+    return spec.model_copy(update={"preserve": (*spec.preserve, *found.neighbours)})
 
 
 def prepare(ctx: MethodContext) -> None:

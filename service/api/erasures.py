@@ -45,8 +45,8 @@ def get_erasure(erasure_id: str, principal: PrincipalDep, runtime: RuntimeDep) -
 
 @router.delete("/{erasure_id}", response_model=ErasureDeleted, responses=ERROR_RESPONSES)
 def delete_erasure(erasure_id: str, principal: PrincipalDep, runtime: RuntimeDep) -> ErasureDeleted:
-    """Delete a finished erasure (waits for generations using it), or cancel a queued or running job: it stops at
-    its next step and its record stays, `cancelled`, until deleted."""
+    """Delete a finished erasure and its reports (waits for generations using it), or cancel a queued or running job:
+    it stops at its next step and its record stays, `cancelled`, until deleted."""
     if runtime.erasures.delete(principal, erasure_id) is not None:
         return ErasureDeleted(id=erasure_id, deleted=False, status="cancelled")
     return ErasureDeleted(id=erasure_id)

@@ -34,6 +34,7 @@ from service.runtime.tenancy import Principal, Tenancy
 from service.runtime.uploads import UPLOAD_FIELDS, UploadLimits, accepted_uploads, upload_options
 from service.schemas import ErasureCreate
 from service.store import ErasureRecord, ErasureStore, JobStatus, RecordFinishedError, is_valid_id, new_id
+from service.store_reports import report_store_for
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class ErasureService:
         self.quotas = quotas
         self.pool = pool
         self.store = store
+        self.reports = report_store_for(store)
         self.runner = runner
         self.tenancy = tenancy
         self.managers = managers
@@ -176,7 +178,7 @@ class ErasureService:
 
     def delete(self, principal: Principal, erasure_id: str) -> ErasureRecord | None:
         """Cancels a queued or running job (the record stays, `cancelled`, and is returned), or deletes a finished
-        erasure (returns None)."""
+        erasure with its reports (returns None)."""
         record = self.get(principal, erasure_id)
         self.tenancy.check_delete(principal, record)
         if not record.status.terminal:
@@ -192,8 +194,14 @@ class ErasureService:
         manager = self.managers.get(record.model)
         if manager is not None:
             manager.remove(erasure_id)  # waits for a generation using it to finish
+        # Its reports (records and grids, any tenant's) go first: a crash in between leaves the erasure listed, and
+        # deleting it again finishes the job, never reports of an erasure that is gone. A report job still running
+        # stops at its next write (its record is gone).
+        reports = self.reports.list(erasure_id)
+        for report in reports:
+            self.reports.delete(report.id)
         self.store.delete(erasure_id)
-        logger.info("erasure %s deleted by tenant %s", erasure_id, principal.tenant)
+        logger.info("erasure %s and its %d reports deleted by tenant %s", erasure_id, len(reports), principal.tenant)
         return None
 
     def export_lora(self, principal: Principal, erasure_id: str) -> bytes:

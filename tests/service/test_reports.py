@@ -88,7 +88,8 @@ def test_a_report_runs_as_a_job_and_serves_its_grid(server: LiveServer, erasure_
 
 
 def test_reports_survive_a_restart(start_server: Callable[..., LiveServer], tmp_path: Path) -> None:
-    """A report left queued by a stopped service is picked up by the next one (the embedded runner resumes it)."""
+    """A report left queued by a stopped service is picked up by the next one (the embedded runner resumes it), and
+    goes with its erasure when that is deleted."""
     from service.store import ErasureStore
     from service.store_reports import ReportRecord, new_report_id, report_store_for
 
@@ -108,6 +109,12 @@ def test_reports_survive_a_restart(start_server: Callable[..., LiveServer], tmp_
             assert record["status"] in ("queued", "running") and time.monotonic() < deadline, record
             time.sleep(0.5)
         assert record["attempts"] == 1 and record["report"]["robustness"]["attack"]["skipped"]
+        assert reports.grid(left.id) is not None
+        # Deleting the erasure deletes its reports: nothing of them stays on disk.
+        assert client.delete(f"/v1/erasures/{erasure}").status_code == 200
+        assert reports.find(left.id) is None and reports.grid(left.id) is None
+        assert not list((tmp_path / "reports").glob(f"{left.id}*"))
+        assert client.get(f"/v1/erasures/{erasure}/reports/{left.id}").status_code == 404
     second.stop()
 
 

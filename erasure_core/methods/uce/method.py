@@ -16,7 +16,7 @@ from erasure_core.artifacts import ErasureArtifact, LowRankDelta
 from erasure_core.checkpoints import CheckpointStore
 from erasure_core.concepts import ConceptSpec
 from erasure_core.methods.base import ErasureMethod, MethodContext, Progress
-from erasure_core.methods.common import concept_rows, even_rows, expand, with_also
+from erasure_core.methods.common import concept_rows, even_rows, expand, holding, with_also
 from erasure_core.methods.uce.kernel import uce_solve
 
 
@@ -55,7 +55,7 @@ class UCE(ErasureMethod):
         assert isinstance(config, UCEConfig)
         found = expand(ctx, spec, config.mine_k)
         phrasings = with_also(list(found.phrasings), spec)
-        rows = concept_rows(ctx, spec, phrasings, found)
+        rows = concept_rows(ctx, holding(spec, found), phrasings)
         deltas: dict[str, LowRankDelta] = {}
         for space in ctx.family.text_spaces:
             c_e = even_rows(rows.erase[space.name], config.max_erase_rows)
