@@ -88,7 +88,11 @@ def lexicon_size() -> int:
     return max(0, int(raw)) if raw.isdigit() else DEFAULT_SIZE
 
 
-def _cache_dir() -> Path:
+def _cache_dir(root: Path | None = None) -> Path:
+    """Where the lexicon caches live: `root` (the loaded model's cache folder, `ERASURE_CACHE_DIR` in the service's
+    settings) or, without one, `ERASURE_CACHE_DIR` or ~/.cache/erasure."""
+    if root is not None:
+        return Path(root)
     return Path(os.environ.get("ERASURE_CACHE_DIR", Path.home() / ".cache" / "erasure"))
 
 
@@ -222,9 +226,10 @@ def _digest(words: list[str]) -> str:
     return hashlib.sha256("\n".join(words).encode()).hexdigest()[:16]
 
 
-def encoded_lexicon(pipe: Any, family: Any, words: list[str]) -> torch.Tensor:
-    """`encode_means` of every word, cached on disk per text encoder and word list."""
-    path = _cache_dir() / "lexicon" / f"encoded-{encoder_key(pipe)}-{_digest(words)}-{POSITIONS}.safetensors"
+def encoded_lexicon(pipe: Any, family: Any, words: list[str], cache_dir: Path | None = None) -> torch.Tensor:
+    """`encode_means` of every word, cached on disk (under `cache_dir`, see `_cache_dir`) per text encoder and word
+    list."""
+    path = _cache_dir(cache_dir) / "lexicon" / f"encoded-{encoder_key(pipe)}-{_digest(words)}-{POSITIONS}.safetensors"
     cached = _load(path, "means", len(words))
     if cached is not None:
         return cached["means"]
@@ -248,17 +253,23 @@ def _load(path: Path, key: str, rows: int) -> dict[str, torch.Tensor] | None:
 
 
 def build_index(
-    pipe: Any, family: Any, layer_hash: str, size: int = DEFAULT_SIZE, words: list[str] | None = None
+    pipe: Any,
+    family: Any,
+    layer_hash: str,
+    size: int = DEFAULT_SIZE,
+    words: list[str] | None = None,
+    cache_dir: Path | None = None,
 ) -> ReadingIndex:
-    """The model's reading index of `words` (default: the lexicon of `size`), from the disk cache when this model's
-    text layer and the words match (the semantic rows come from the encoder's cached means: a matrix product)."""
+    """The model's reading index of `words` (default: the lexicon of `size`), from the disk cache under `cache_dir`
+    (see `_cache_dir`) when this model's text layer and the words match (the semantic rows come from the encoder's
+    cached means: a matrix product)."""
     if words is None:
         words = lexicon(pipe.tokenizer_2 if hasattr(pipe, "tokenizer_2") else pipe.tokenizer, size)
-    means = encoded_lexicon(pipe, family, words)
+    means = encoded_lexicon(pipe, family, words, cache_dir)
     encoded = semantic_of(means)
     semantic_mean = encoded.mean(0)
     semantic = F.normalize(encoded - semantic_mean, dim=1).half()
-    path = _cache_dir() / "lexicon" / f"index-{layer_hash[:16]}-{_digest(words)}-{POSITIONS}-{DIM}.safetensors"
+    path = _cache_dir(cache_dir) / "lexicon" / f"index-{layer_hash[:16]}-{_digest(words)}-{POSITIONS}-{DIM}.safetensors"
     cached = _load(path, "rows", len(words))
     if cached is not None:
         return ReadingIndex(words, cached["rows"], cached["mean"], semantic, semantic_mean)

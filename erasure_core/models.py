@@ -94,7 +94,13 @@ def load_pipeline(model: str, source: str = DEMO, cache_dir: Path | None = None,
 
 
 def load_engine(
-    model: str = "flux", source: str = DEMO, llm: LLMEndpoint | None = None, **kwargs: Any
+    model: str = "flux",
+    source: str = DEMO,
+    llm: LLMEndpoint | None = None,
+    cache_dir: Path | None = None,
+    **kwargs: Any,
 ) -> ErasureEngine:
-    """Loads `source` as `model` (see `load_pipeline`) and wraps it in the model's engine."""
-    return get_model(model).engine(load_pipeline(model, source, **kwargs), llm=llm)
+    """Loads `source` as `model` (see `load_pipeline`) and wraps it in the model's engine; `cache_dir` holds the demo
+    worlds and the engine's on-disk caches (the lexicon's reading index)."""
+    loaded = load_pipeline(model, source, cache_dir=cache_dir, **kwargs)
+    return get_model(model).engine(loaded, llm=llm, cache_dir=cache_dir)

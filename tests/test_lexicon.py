@@ -22,13 +22,13 @@ CASES = [("shapes", "triangle"), ("fills", "star")]
 
 
 @pytest.fixture(scope="module")
-def worlds():
+def worlds(cache_dir):
     from erasure_core.models import load_engine
 
     out = {}
     for name, _ in CASES:
         world = WORLDS[name]()
-        out[name] = (world, load_engine("flux", world.model_source(None), device="cpu"))
+        out[name] = (world, load_engine("flux", world.model_source(cache_dir), device="cpu", cache_dir=cache_dir))
     return out
 
 
@@ -39,20 +39,24 @@ def test_the_lexicon_holds_words_the_tokenizer_splits(worlds):
     assert engine.pipe.tokenizer_2.tokenize("pentagram") != ["pentagram"], "a word the vocabulary does not hold whole"
 
 
-def test_the_index_is_cached_on_disk_and_reloaded(worlds, tmp_path, monkeypatch):
+def test_the_index_is_cached_on_disk_and_reloaded(worlds, cache_dir, tmp_path, monkeypatch):
+    """The caches go under the engine's cache folder (the service's `ERASURE_CACHE_DIR` setting, however it was set),
+    written atomically, reused, and rebuilt when damaged."""
     _, engine = worlds["shapes"]
     first = reading_index(engine.context)
-    monkeypatch.setenv("ERASURE_CACHE_DIR", str(tmp_path))
+    cache, elsewhere = tmp_path / "cache", tmp_path / "env"
+    monkeypatch.setenv("ERASURE_CACHE_DIR", str(elsewhere))  # the folder given wins over the environment
     words = first.words[::200]  # a few hundred words: a quick build
-    small = build_index(engine.pipe, engine.family, engine.layer_hash, words=words)
-    files = sorted((tmp_path / "lexicon").glob("*.safetensors"))  # the encodings (per encoder), the index (per model)
+    small = build_index(engine.pipe, engine.family, engine.layer_hash, words=words, cache_dir=cache)
+    files = sorted((cache / "lexicon").glob("*.safetensors"))  # the encodings (per encoder), the index (per model)
     assert [f.name.split("-")[0] for f in files] == ["encoded", "index"]
-    assert not list((tmp_path / "lexicon").glob("*.tmp"))
-    again = build_index(engine.pipe, engine.family, engine.layer_hash, words=words)
+    assert not list((cache / "lexicon").glob("*.tmp")) and not elsewhere.exists()
+    again = build_index(engine.pipe, engine.family, engine.layer_hash, words=words, cache_dir=cache)
     assert again.words == small.words and torch.equal(again.rows, small.rows)
     files[1].write_bytes(b"damaged")  # a damaged cache is rebuilt, never trusted
-    rebuilt = build_index(engine.pipe, engine.family, engine.layer_hash, words=words)
+    rebuilt = build_index(engine.pipe, engine.family, engine.layer_hash, words=words, cache_dir=cache)
     assert torch.equal(rebuilt.rows, small.rows)
+    assert engine.context.cache_dir == cache_dir  # load_engine's folder: every index the engine builds goes there
 
 
 @pytest.mark.parametrize(("world_name", "concept"), CASES)

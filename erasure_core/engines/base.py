@@ -13,6 +13,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -54,6 +55,7 @@ class ErasureEngine(ABC):
         loaded: LoadedPipeline,
         preserve_corpus: Sequence[str] | None = None,
         llm: LLMEndpoint | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.loaded = loaded
         self.pipe = loaded.pipe
@@ -67,6 +69,7 @@ class ErasureEngine(ABC):
             layer_hash=self.layer_hash,
             preserve_corpus=corpus,
             llm=llm,
+            cache_dir=cache_dir,
         )
         self.host = AdapterHost.for_model(self.pipe.transformer)
 

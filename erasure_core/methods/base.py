@@ -13,6 +13,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
@@ -38,6 +39,7 @@ class MethodContext:
     preserve_corpus: list[str] = field(default_factory=list)
     llm: LLMEndpoint | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # per-model memo (e.g. encoded preserve corpus)
+    cache_dir: Path | None = None  # where on-disk caches go (the lexicon's); None: ERASURE_CACHE_DIR or ~/.cache
 
 
 class ErasureMethod(ABC):

@@ -108,7 +108,9 @@ def reading_index(ctx: MethodContext) -> Any:
     if ctx.family.training is None:
         return None
     if "reading_index" not in ctx.cache:
-        ctx.cache["reading_index"] = build_index(ctx.pipe, ctx.family, ctx.layer_hash, lexicon_size())
+        ctx.cache["reading_index"] = build_index(
+            ctx.pipe, ctx.family, ctx.layer_hash, lexicon_size(), cache_dir=ctx.cache_dir
+        )
     return ctx.cache["reading_index"]
 
 
