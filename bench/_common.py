@@ -15,6 +15,20 @@ from typing import Any
 import torch
 
 
+def world_engine(name: str, plain: bool = False) -> tuple[Any, Any]:
+    """The quality world `name` and its model loaded on the CPU; `plain` serves an embedded world as an ordinary folder
+    (no bundled preserve corpus: a model the project has never seen)."""
+    from erasure_core.models import load_engine
+    from erasure_core.worlds.flux_world import assemble_flux_world
+    from erasure_core.worlds.quality import WORLDS
+
+    world = WORLDS[name]()
+    source = world.model_source(None)
+    if plain and source == "demo":
+        source = str(assemble_flux_world(None))
+    return world, load_engine("flux", source, device="cpu")
+
+
 def run(settings: dict[str, Any], worlds: Callable[[], dict[str, Any]], threads: int, out: Path | None) -> None:
     """Sets up logging and `threads` torch threads (0: torch's default), runs `worlds()`, and prints (and writes to
     `out`) {"settings": ..., "worlds": ..., "runtime_s": ...}."""

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import run
+from _common import run, world_engine
 
 METHODS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "uce": ("uce", {}, False),
@@ -34,16 +34,10 @@ def run_world(
     name: str, methods: list[str], concepts: list[str] | None, seeds: int, plain: bool = False
 ) -> dict[str, Any]:
     from erasure_core.concepts import ConceptSpec
-    from erasure_core.models import load_engine
     from erasure_core.worlds.evaluation import engine_generator
-    from erasure_core.worlds.flux_world import assemble_flux_world
-    from erasure_core.worlds.quality import FACTORS, WORLDS, CaseResult, compare, judged, rates
+    from erasure_core.worlds.quality import FACTORS, CaseResult, compare, judged, rates
 
-    world = WORLDS[name]()
-    source = world.model_source(None)
-    if plain and source == "demo":  # the embedded world as an ordinary folder: no bundled preserve corpus
-        source = str(assemble_flux_world(None))
-    engine = load_engine("flux", source, device="cpu")
+    world, engine = world_engine(name, plain)
     cases = [c for c in world.cases if concepts is None or c.concept in concepts]
     table: dict[str, dict[str, Any]] = {}
     for case in cases:

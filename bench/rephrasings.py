@@ -15,25 +15,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from _common import run
+from _common import run, world_engine
 
 FIRST_SEED = 60_000
 
 
-def measure_world(name: str, concepts: list[str] | None, seeds: int, plain: bool = False, cache: Path | None = None):
+def measure_world(name: str, concepts: list[str] | None, seeds: int, plain: bool = False):
     """Per-concept figures for one world."""
     from erasure_core.concepts import ConceptSpec
-    from erasure_core.models import load_engine
     from erasure_core.worlds.evaluation import engine_generator
-    from erasure_core.worlds.flux_world import assemble_flux_world
-    from erasure_core.worlds.quality import WORLDS, Sample, judged
+    from erasure_core.worlds.quality import Sample, judged
     from erasure_core.worlds.rephrasings import REPHRASINGS, WORLD_SHAPES, prompt
 
-    world = WORLDS[name]()
-    source = world.model_source(cache)
-    if plain and source == "demo":
-        source = str(assemble_flux_world(cache))
-    engine = load_engine("flux", source, device="cpu", **({"cache_dir": cache} if cache else {}))
+    world, engine = world_engine(name, plain)
     table: dict[str, Any] = {}
     for shape in (s for s in WORLD_SHAPES[name] if concepts is None or s in concepts):
         entries = REPHRASINGS[shape]
