@@ -6,19 +6,26 @@ model's velocities come from the base transformer on edited conditioning, with n
 
 At fixed noisy latents (two noise levels of the sampler's range), with c the mean base velocity of everything that
 is not the concept (the kept prompts and everyday words: what "something else" looks like to this model):
-  survival(p) = cos(v'(p) - c, v(p) - c)       for the concept's probe prompts p: 1 = the edit changed nothing,
-                                               <= 0 = the prompt no longer moves the model the concept's way;
+  survival(p) = cos(v'(p) - c, v(p) - c)       for the concept's probe prompts p, per noise level: 1 = the edit
+                                               changed nothing, <= 0 = the prompt no longer moves the model the
+                                               concept's way; an edit's survival is the mean over p at the level
+                                               where it is highest;
   drift(q)    = ||v'(q) - v(q)|| / mean_p ||v'(p) - v(p)||   for prompts q that must be kept (the neighbours the
                                                model reads near the concept but draws differently, and a sample of
                                                the preserve corpus): how far they moved, relative to the concept.
 Centring on the kept prompts matters where the model draws the concept for content-free prompts (the shapes demo
 world draws circles for "a thing" and "a dog"): centred on those alone, an edit that lands on such a prompt would
-look like success while the judge still sees circles.
+look like success while the judge still sees circles. The worst level, not the mean of both, because an edit can
+turn the concept away where the sample is still noise and leave it where the shape forms: on the shapes demo world
+a diamond erasure at eta 2 / preserve 64 measured -0.22 averaged over both levels (settled: the ladder stopped
+there) but +0.18 at the lower level, and the judge still saw diamonds in 12% of its samples; by the worst level the
+ladder went on to preserve 16, which left 4% (`bench/preservation.py`, 24 samples of the target, 36 per other shape;
+no other concept's choice changed on either demo world).
 v is the base model, v' the edited one. Neither uses a judge, a world's word lists or labels: a real deployment has
 none. The figures go into the artifact's stats (and so the API record).
 
 How they choose the strength (`choose`): for an object erased without an anchor, ICE solves the edit at the
-settings of its ladder, gentlest first, and keeps the first whose mean survival is at most `SETTLED` (-0.1: the
+settings of its ladder, gentlest first, and keeps the first whose survival is at most `SETTLED` (-0.1: the
 concept's prompts now move the model away from the concept; the ladder stops there), else the gentlest within
 `SURVIVAL_SLACK` of the lowest survival any setting reached. Relative to the best, not one fixed bar, because the
 floor differs per concept (measured on the demo worlds, 36 judged samples per shape: a star reaches -0.04 at eta 1
@@ -40,7 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from erasure_core.expansion import REFERENCE_WORDS, probe_response, probe_velocities
+from erasure_core.expansion import PROBE_SIGMAS, REFERENCE_WORDS, probe_response, probe_velocities
 from erasure_core.methods.base import MethodContext
 from erasure_core.methods.common import velocity_memo
 
@@ -110,11 +117,21 @@ def measure(ctx: MethodContext, p: Probe, maps: Maps) -> Check:
     n_e, n_k = len(p.erase), len(p.keep)
     after = probe_response(ctx.pipe, ctx.family, _edited(p.cond, maps))
     base_e, after_e = p.base[:n_e], after[:n_e]
-    survival = F.cosine_similarity(after_e - p.centre, base_e - p.centre, dim=1)
+    # Per noise level: the concept counts as gone only when it is gone at every level (see the module docstring).
+    levels = [
+        F.cosine_similarity(a - c, b - c, dim=1)
+        for a, b, c in zip(
+            after_e.chunk(len(PROBE_SIGMAS), dim=1),
+            base_e.chunk(len(PROBE_SIGMAS), dim=1),
+            p.centre.chunk(len(PROBE_SIGMAS)),
+            strict=True,
+        )
+    ]
+    survival = torch.stack(levels)  # [levels, prompts]
     moved = (after_e - base_e).norm(dim=1).mean().clamp_min(1e-6)
     drift = (after[n_e : n_e + n_k] - p.base[n_e : n_e + n_k]).norm(dim=1) / moved
     return Check(
-        float(survival.mean()),
+        float(survival.mean(1).max()),
         float(survival.max()),
         float(drift.mean()) if n_k else 0.0,
         float(drift.max()) if n_k else 0.0,
