@@ -11,6 +11,7 @@ import pytest
 from erasure_core.concepts import ConceptSpec
 from erasure_core.models import load_engine
 from erasure_core.worlds.evaluation import engine_generator
+from erasure_core.worlds.flux_world import assemble_flux_world
 from erasure_core.worlds.quality import FACTORS, WORLDS, compare, judged
 
 CASES = {"shapes": ("triangle", "red"), "fills": ("star", "Velmora")}
@@ -42,3 +43,21 @@ def test_ice_with_only_the_concept_named(world) -> None:
         assert result.rates["heldout_template"] <= 0.15, figures
         assert statistics.fmean(result.other_change.values()) >= -3.0, figures
         assert all(change >= -5.0 for change in result.factor_change.values()), figures
+
+
+def test_the_self_check_reads_every_noise_level(cache_dir) -> None:
+    """Diamond on the shapes world served as an ordinary folder (no bundled preserve corpus): averaged over the
+    probe's two noise levels the self-check settled where 12% of the samples stayed diamonds (the lower level still
+    read the concept); read at its worst level, it goes one setting further."""
+    quality_world = WORLDS["shapes"]()
+    engine = load_engine("flux", str(assemble_flux_world(cache_dir)), device="cpu", cache_dir=cache_dir)
+    case = next(c for c in quality_world.cases if c.concept == "diamond")
+    samples = [s for s in quality_world.samples(case, 3) if s.group == "target"]
+    artifact = engine.erase(ConceptSpec(concept="diamond", expand=True))
+    engine.attach("q", artifact)
+    try:
+        erased = judged(quality_world, engine_generator(engine, ["q"]), samples)
+    finally:
+        engine.detach("q")
+    rate = sum(v[case.factor] == case.value for v in erased) / len(erased)
+    assert rate <= 0.05, (rate, len(erased), artifact.metadata["stats"]["calibration"])
