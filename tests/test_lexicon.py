@@ -14,7 +14,7 @@ from erasure_core.concepts import ConceptSpec
 from erasure_core.expansion import expansion
 from erasure_core.lexicon import build_index, lexicon, read
 from erasure_core.methods.common import reading_index
-from erasure_core.methods.ice.selfcheck import SETTLED, SURVIVAL_SLACK
+from erasure_core.methods.ice.selfcheck import REMOVED, SETTLED, SURVIVAL_SLACK
 from erasure_core.worlds.quality import WORLDS
 
 # (world, concept, factor value the judge names)
@@ -90,7 +90,10 @@ def test_the_erasure_records_its_self_check(worlds, world_name, concept):
     assert kept in [{"eta": t["eta"], "preserve_scale": t["preserve_scale"]} for t in tried], (kept, tried)
     best = min(t["survival"] for t in tried)
     check = stats["self_check"]
-    assert check["survival"] <= max(best + SURVIVAL_SLACK, SETTLED), tried
+    at = [t["survival"] for t in tried].index(check["survival"])
+    stronger = tried[at + 1]["survival"] if at + 1 < len(tried) else None
+    plateau = stronger is not None and check["survival"] < REMOVED and check["survival"] - stronger < SURVIVAL_SLACK
+    assert check["survival"] <= max(best + SURVIVAL_SLACK, SETTLED) or plateau, tried
     assert check["survival"] < 0.5, check  # the concept's prompts no longer move the model the concept's way
     if world_name == "fills":  # onto the placeholder leaves a third of the stars (judged): the check sees it
         weak = engine.erase(ConceptSpec(concept=concept), method="ice", options={"eta": 0.0})

@@ -61,3 +61,35 @@ def test_the_self_check_reads_every_noise_level(cache_dir) -> None:
         engine.detach("q")
     rate = sum(v[case.factor] == case.value for v in erased) / len(erased)
     assert rate <= 0.05, (rate, len(erased), artifact.metadata["stats"]["calibration"])
+
+
+def test_the_strength_stops_where_more_buys_little(cache_dir) -> None:
+    """Crescent on the fills world: at eta 1 it is already gone, and eta 2 lowers its survival by less than
+    `SURVIVAL_SLACK` while costing the heart 14-22 points (36 samples over every colour, fill and caption
+    template); the check keeps eta 1 (`selfcheck.plateaued`)."""
+    from erasure_core.worlds import fills
+
+    quality_world = WORLDS["fills"]()
+    engine = load_engine("flux", quality_world.model_source(cache_dir), device="cpu", cache_dir=cache_dir)
+
+    def captions(word: str, n: int) -> list[str]:
+        colours, styles = fills.COLOR_NAMES, fills.FILLS
+        return [
+            fills.caption(word, colours[i % len(colours)], styles[(i // len(colours)) % len(styles)], i % 7)
+            for i in range(n)
+        ]
+
+    prompts = captions("crescent", 24) + captions("heart", 36)
+    seeds = list(range(7000, 7000 + len(prompts)))
+    base = quality_world.judge(engine_generator(engine)(prompts, seeds))["shape"]
+    artifact = engine.erase(ConceptSpec(concept="crescent", expand=True))
+    engine.attach("q", artifact)
+    try:
+        erased = quality_world.judge(engine_generator(engine, ["q"])(prompts, seeds))["shape"]
+    finally:
+        engine.detach("q")
+    crescents = sum(v == "crescent" for v in erased[:24]) / 24
+    heart_change = 100 * (sum(v == "heart" for v in erased[24:]) - sum(v == "heart" for v in base[24:])) / 36
+    stats = artifact.metadata["stats"]
+    assert crescents <= 0.05, (crescents, stats["calibration"])
+    assert heart_change >= -11.2, (heart_change, stats["eta"], stats["preserve_scale"])
