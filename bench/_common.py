@@ -5,6 +5,7 @@ The scripts run as `python bench/<name>.py`, so this module is imported by its b
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
@@ -27,6 +28,20 @@ def world_engine(name: str, plain: bool = False) -> tuple[Any, Any]:
     if plain and source == "demo":
         source = str(assemble_flux_world(None))
     return world, load_engine("flux", source, device="cpu")
+
+
+SHAPES_HELP = "only these shapes (default: every shape)"
+
+
+def world_parser(doc: str | None, concepts: str = SHAPES_HELP) -> argparse.ArgumentParser:
+    """A parser described by the first line of a script's docstring, with the options every per-world bench takes:
+    --worlds, --concepts, --threads, --out."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--worlds", nargs="+", default=["shapes", "fills"])
+    parser.add_argument("--concepts", nargs="*", default=None, help=concepts)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, default=None)
+    return parser
 
 
 def run(settings: dict[str, Any], worlds: Callable[[], dict[str, Any]], threads: int, out: Path | None) -> None:

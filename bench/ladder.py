@@ -13,12 +13,10 @@ each setting is the same erasure with `eta` and `preserve_scale` given. About 2 
 
 from __future__ import annotations
 
-import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
-from _common import run
+from _common import run, world_parser
 from preservation import _rates, _rows, _world
 
 
@@ -71,12 +69,7 @@ def run_world(name: str, concepts: list[str] | None) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worlds", nargs="+", default=["shapes", "fills"])
-    parser.add_argument("--concepts", nargs="*", default=None, help="only these shapes (default: every shape)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = world_parser(__doc__).parse_args()
     run({}, lambda: {w: run_world(w, args.concepts) for w in args.worlds}, args.threads, args.out)
 
 

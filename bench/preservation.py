@@ -19,10 +19,9 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from _common import run
+from _common import run, world_parser
 
 OTHER_SAMPLES = 36
 TARGET_SAMPLES = 24
@@ -108,13 +107,9 @@ def run_world(name: str, concepts: list[str] | None, expand: bool, options: dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worlds", nargs="+", default=["shapes", "fills"])
-    parser.add_argument("--concepts", nargs="*", default=None, help="only these shapes (default: every shape)")
+    parser = world_parser(__doc__)
     parser.add_argument("--expand", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--options", type=json.loads, default={}, help="ICE options as JSON (default: none)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     run(
         {"expand": args.expand, "options": args.options},

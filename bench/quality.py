@@ -11,14 +11,12 @@ and the seconds the erasure took; then per world and method the means. Methods: 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-from _common import run, world_engine
+from _common import run, world_engine, world_parser
 
 METHODS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "uce": ("uce", {}, False),
@@ -84,19 +82,15 @@ def _means(table: dict[str, dict[str, Any]], methods: list[str]) -> dict[str, di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worlds", nargs="+", default=["shapes", "fills"])
+    parser = world_parser(__doc__, concepts="only these concepts (default: every case)")
     parser.add_argument("--methods", nargs="+", default=["none", "uce", "ice"])
-    parser.add_argument("--concepts", nargs="*", default=None, help="only these concepts (default: every case)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument(
         "--plain",
         action="store_true",
         help="serve the shapes world as an ordinary folder, without its bundled preserve corpus (as the fills world "
         "always is): a model the project has never seen",
     )
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     run(
         {"methods": args.methods, "seeds_per_prompt": args.seeds, "plain": args.plain},

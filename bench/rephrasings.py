@@ -12,10 +12,9 @@ overall summary. The done-when bar: leak fraction <= 0.10.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-from _common import run, world_engine
+from _common import run, world_engine, world_parser
 
 FIRST_SEED = 60_000
 
@@ -89,15 +88,10 @@ def overall(worlds: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worlds", nargs="+", default=["shapes", "fills"])
-    parser.add_argument("--concepts", nargs="*", default=None, help="only these shapes (default: all)")
+    parser = world_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=4, help="seeds per rephrasing")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--plain", action="store_true", help="serve the shapes world as a plain folder (no corpus)")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
     def worlds() -> dict[str, Any]:
