@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from _common import run, world_parser
-from preservation import _rates, _rows, _world
+from preservation import _rates, world_concepts
 
 
 def _erase(engine: Any, concept: str, options: dict[str, Any]) -> Any:
@@ -39,16 +39,9 @@ def _judged(engine: Any, judge: Any, rows: list, options: dict[str, Any], concep
 
 def run_world(name: str, concepts: list[str] | None) -> dict[str, Any]:
     from erasure_core.methods.ice.config import LADDER
-    from erasure_core.models import load_engine
-    from erasure_core.worlds.quality import WORLDS
 
-    source, caption, shapes, synonyms, heldout = _world(name)
-    judge = WORLDS[name]().judge
-    engine = load_engine("flux", source, device="cpu")
     out: dict[str, Any] = {}
-    for concept in (c for c in shapes if concepts is None or c in concepts):
-        rows = _rows(concept, caption, shapes, synonyms, heldout)
-        base = _rates(engine, judge, rows, [])
+    for engine, judge, shapes, concept, rows, base in world_concepts(name, concepts):
         default = _erase(engine, concept, {}).metadata["stats"]  # the setting the service's default chooses
         settings = []
         for eta, preserve_scale in LADDER:

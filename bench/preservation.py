@@ -18,7 +18,7 @@ import argparse
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from _common import run, world_parser
@@ -69,18 +69,28 @@ def _rates(engine: Any, judge: Callable, rows: list[tuple[str, str, str]], erasu
     return {g: round(sum(h) / len(h), 3) for g, h in hits.items()}
 
 
-def run_world(name: str, concepts: list[str] | None, expand: bool, options: dict[str, Any]) -> dict[str, Any]:
-    from erasure_core.concepts import ConceptSpec
+Measured = tuple[Any, Callable, tuple[str, ...], str, list, dict]  # engine, judge, shapes, concept, rows, base rates
+
+
+def world_concepts(name: str, concepts: list[str] | None) -> Iterator[Measured]:
+    """(engine, judge, shapes, concept, rows, base rates) for each concept measured on world `name`, the world served
+    as an ordinary folder."""
     from erasure_core.models import load_engine
     from erasure_core.worlds.quality import WORLDS
 
     source, caption, shapes, synonyms, heldout = _world(name)
     judge = WORLDS[name]().judge
     engine = load_engine("flux", source, device="cpu")
-    out: dict[str, Any] = {}
     for concept in (c for c in shapes if concepts is None or c in concepts):
         rows = _rows(concept, caption, shapes, synonyms, heldout)
-        base = _rates(engine, judge, rows, [])
+        yield engine, judge, shapes, concept, rows, _rates(engine, judge, rows, [])
+
+
+def run_world(name: str, concepts: list[str] | None, expand: bool, options: dict[str, Any]) -> dict[str, Any]:
+    from erasure_core.concepts import ConceptSpec
+
+    out: dict[str, Any] = {}
+    for engine, judge, shapes, concept, rows, base in world_concepts(name, concepts):
         started = time.perf_counter()
         artifact = engine.erase(ConceptSpec(concept=concept, expand=expand), method="ice", options=options)
         seconds = time.perf_counter() - started
