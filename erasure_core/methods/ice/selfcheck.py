@@ -157,8 +157,8 @@ def settled(check: Check | None) -> bool:
     return check is not None and check.survival <= SETTLED
 
 
-# Below this survival the concept's prompts move the model the concept's way by less than half as much as before;
-# from there a stronger setting is taken only when it buys at least `SURVIVAL_SLACK` more (`plateaued`).
+# Below this survival (a cosine) the concept's prompts no longer point the model mainly the concept's way; from there
+# a stronger setting is taken only when it buys at least `SURVIVAL_SLACK` more (`plateaued`).
 REMOVED = 0.5
 
 
