@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
+from erasure_core.adapters import ErasureSet
 from erasure_core.artifacts import ErasureArtifact, LowRankDelta
 from erasure_core.engines import GenerationParams
 from service.errors import CapacityError, ErasureNotReadyError
 from service.metrics import Metrics
 from service.pipelines import PipelineHandle, PipelinePool
 from service.runtime.adapter_manager import AdapterManager
-from service.runtime.scheduler import GenerationJob, GenerationScheduler
+from service.runtime.scheduler import GenerationJob, GenerationScheduler, next_turn
 from service.store import ErasureRecord, ErasureStore, JobStatus, new_id
 
 from .conftest import LiveServer
@@ -106,6 +108,25 @@ def test_scheduler_prefers_the_active_set_with_bounded_unfairness(demo_pool: Pip
         order = asyncio.run(scenario())
     # Active set is (): the () jobs go first, but ("x",) is passed over at most twice.
     assert order == [(), (), ("x",), (), (), ()]
+
+
+def test_a_full_queue_of_mixed_sets_is_served_in_turns() -> None:
+    """72 requests over 8 sets queued at once: each set gets turns of at most max_skips + 1 requests, so the pipeline
+    swaps about once per set, and no request waits for more than max_skips requests per request older than it."""
+    rng = random.Random(7)
+    arrivals = [(ErasureSet([f"er_{rng.randrange(8)}"]), i) for i in range(72)]
+    max_skips = 8
+    pending, active, ahead, order = list(arrivals), ErasureSet(), 0, []
+    while pending:
+        index, ahead = next_turn([key for key, _ in pending], active, ahead, max_skips)
+        active, arrived = pending.pop(index)
+        order.append((active, arrived))
+    keys = [key for key, _ in order]
+    swaps = sum(1 for before, after in zip([ErasureSet(), *keys], keys, strict=False) if before != after)
+    assert swaps <= 16, f"{swaps} swaps for 72 requests over 8 sets"
+    for position, (_, arrived) in enumerate(order):
+        jumped = sum(1 for _, other in order[:position] if other > arrived)  # later arrivals served first
+        assert jumped <= max_skips * (arrived + 1), (arrived, jumped)
 
 
 def test_runs_of_the_same_set_swap_once(start_server: Callable[..., LiveServer], tmp_path: Path) -> None:
