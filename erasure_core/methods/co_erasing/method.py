@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from erasure_core.artifacts import ErasureArtifact, LowRankDelta
 from erasure_core.checkpoints import CheckpointStore
-from erasure_core.concepts import TEMPLATES, ConceptSpec, fill, neutral_anchor
+from erasure_core.concepts import TEMPLATES, ConceptSpec, fill
 from erasure_core.errors import UnsupportedMethodError
 from erasure_core.families.base import ModelFamily
 from erasure_core.methods import image_guidance as ig
@@ -38,7 +38,7 @@ from erasure_core.methods.base import ErasureMethod, MethodContext, Progress
 from erasure_core.methods.co_erasing.config import CoErasingConfig
 from erasure_core.methods.co_erasing.trainer import CoErasingTrainer
 from erasure_core.methods.common import expand
-from erasure_core.methods.eraseanything.method import pick_preserve
+from erasure_core.methods.eraseanything.method import measured_anchor, pick_preserve
 
 IMAGE_FAMILIES = ("flux",)  # families whose pipeline encodes images into the packed latents the image terms use
 NEUTRAL_TEMPLATES = 8  # the first templates of each kind name the concept without other attributes
@@ -76,9 +76,6 @@ class CoErasing(ErasureMethod):
             out["params"][name] = ig.digest(getattr(config, name))
         return out
 
-    def anchor_word(self, spec: ConceptSpec) -> str:
-        return spec.anchor or neutral_anchor(spec.concept, spec.kind)
-
     def compute(
         self,
         ctx: MethodContext,
@@ -93,7 +90,7 @@ class CoErasing(ErasureMethod):
         started = time.perf_counter()
         phrasings = list(expand(ctx, spec).phrasings)
         prompts = [fill(t, spec.concept) for t in TEMPLATES[spec.kind] if "{}" in t]
-        word = self.anchor_word(spec)
+        word, gaps = measured_anchor(ctx, spec, config, prompts)
         anchor = word if config.anchor_in_prompt else fill("{}", spec.anchor or "")
         preserve = pick_preserve(ctx, spec, phrasings, config) if config.uses_preserve_images else None
         trainer = self.trainer_cls(
@@ -122,5 +119,6 @@ class CoErasing(ErasureMethod):
             "steps": trainer.step,
             "train_s": round(time.perf_counter() - started, 2),
             **trainer.image_stats(),
+            **({"anchor": word, "anchor_gaps": gaps} if gaps else {}),
         }
         return ErasureArtifact(deltas, self.metadata(ctx, spec, config, phrasings, stats=stats))

@@ -61,6 +61,18 @@ def _levels(steps: int) -> list[int]:
 
 
 @torch.no_grad()
+def _states(ops: Any, pipe: Any, concept: Any, steps: int, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """States the model samples for encoded concept prompts, stopped at each probe level (the probe's own draws)."""
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    zs, sigmas = [], []
+    for stop in _levels(steps):
+        z, sigma = ops.sample_partial(pipe, concept, steps, stop, generator, size)
+        zs.append(z)
+        sigmas.append(sigma)
+    return torch.cat(zs), torch.cat(sigmas)
+
+
+@torch.no_grad()
 def concept_probe(trainer: Any, prompts_per_level: int = 4) -> ConceptProbe:
     """States sampled by the frozen model for the concept prompts (words in order), with v0 and vp there."""
     ops, pipe, size, steps = trainer.ops, trainer.pipe, trainer.size, trainer.cfg.sample_steps
@@ -68,19 +80,39 @@ def concept_probe(trainer: Any, prompts_per_level: int = 4) -> ConceptProbe:
     concept = ops.encode_text(pipe, prompts)
     anchor_prompts = [p.replace(trainer.keyword, trainer.anchor) for p in prompts]
     anchor = ops.encode_text(pipe, anchor_prompts if trainer.anchor_cond is None else [trainer.anchor] * len(prompts))
-    generator = torch.Generator().manual_seed(PROBE_SEED)
-    zs, sigmas = [], []
     with trainer.lora.switched(False):
-        for stop in _levels(steps):
-            z, sigma = ops.sample_partial(pipe, concept, steps, stop, generator, size)
-            zs.append(z)
-            sigmas.append(sigma)
-        z, sigma = torch.cat(zs), torch.cat(sigmas)
-        reps = len(zs)
+        z, sigma = _states(ops, pipe, concept, steps, size)
+        reps = len(z) // len(prompts)
         cond = _repeat(concept, reps)
         v0 = ops.velocity(pipe, z, sigma, _repeat(anchor, reps), size)
         vp = ops.velocity(pipe, z, sigma, cond, size)
     return ConceptProbe(z, sigma, cond, v0, vp)
+
+
+@torch.no_grad()
+def anchor_gaps(
+    pipe: Any,
+    ops: Any,
+    prompts: list[str],
+    keyword: str,
+    words: list[str],
+    steps: int,
+    size: int | None,
+    prompts_per_level: int = 4,
+) -> dict[str, float]:
+    """`ConceptProbe.gap` of each candidate anchor word, the word replacing `keyword` in the concept prompts, on the
+    model as it is (call it before any adapter is attached): one set of sampled states for every word."""
+    prompts = [prompts[i % len(prompts)] for i in range(prompts_per_level)]
+    concept = ops.encode_text(pipe, prompts)
+    z, sigma = _states(ops, pipe, concept, steps, size)
+    reps = len(z) // len(prompts)
+    vp = ops.velocity(pipe, z, sigma, _repeat(concept, reps), size)
+    gaps = {}
+    for word in dict.fromkeys(words):
+        anchor = ops.encode_text(pipe, [p.replace(keyword, word) for p in prompts])
+        v0 = ops.velocity(pipe, z, sigma, _repeat(anchor, reps), size)
+        gaps[word] = round(float((vp - v0).pow(2).mean() / vp.pow(2).mean().clamp_min(1e-12)), 5)
+    return gaps
 
 
 def _repeat(cond: Any, reps: int) -> Any:
@@ -145,10 +177,9 @@ class Controller:
 
     def _choose(self) -> None:
         t, cfg = self.trainer, self.trainer.cfg
-        gaps: dict[str, float] = {}
-        for word in dict.fromkeys([t.anchor, *t.anchor_choices]):
-            t.anchor = word
-            gaps[word] = round(concept_probe(t).gap, 5)
+        with t.lora.switched(False):
+            words = [t.anchor, *t.anchor_choices]
+            gaps = anchor_gaps(t.pipe, t.ops, t.prompts, t.keyword, words, cfg.sample_steps, t.size)
         # The anchor the model draws most differently from the concept: ESD toward an anchor that itself draws the
         # concept (the world's prior shape) would leave it in place.
         t.anchor = max(gaps, key=gaps.__getitem__)

@@ -13,6 +13,7 @@ from erasure_core.concepts import TEMPLATES, ConceptSpec, fill, neutral_anchor, 
 from erasure_core.errors import InvalidConfigError
 from erasure_core.methods.base import ErasureMethod, MethodContext, Progress
 from erasure_core.methods.common import expand
+from erasure_core.methods.eraseanything import calibrate
 from erasure_core.methods.eraseanything.config import EraseAnythingConfig
 from erasure_core.methods.eraseanything.temporal import frame_residuals
 from erasure_core.methods.eraseanything.trainer import EraseAnythingTrainer
@@ -44,6 +45,26 @@ def alternate_anchors(spec: ConceptSpec) -> tuple[str, ...]:
         return ()
     n = len(spec.concept.split())
     return tuple(" ".join([w] * n) for w in NEUTRAL_ALTERNATES)
+
+
+def measured_anchor(
+    ctx: MethodContext, spec: ConceptSpec, cfg: EraseAnythingConfig, prompts: list[str]
+) -> tuple[str, dict[str, float]]:
+    """The word that replaces the concept in its own prompts, and what was measured to choose it: the caller's anchor
+    when named; else, of the neutral words (`alternate_anchors`), the one the model at hand draws most differently
+    from the concept (`calibrate.anchor_gaps`), with every word's gap. The default neutral word may draw the concept
+    itself (a world's prior shape: on the fills world "a thing" draws a star in half its samples), and a job anchored
+    there pulls the concept back toward itself. No gaps when there is nothing to choose (a named anchor, a style or
+    attribute, or no `anchor_in_prompt`)."""
+    default = spec.anchor or neutral_anchor(spec.concept, spec.kind)
+    choices = alternate_anchors(spec)
+    if spec.anchor is not None or not cfg.anchor_in_prompt or not choices:
+        return default, {}
+    words = [default, *choices]
+    gaps = calibrate.anchor_gaps(
+        ctx.pipe, ctx.family.training, prompts, spec.concept, words, cfg.sample_steps, cfg.resolution
+    )
+    return max(gaps, key=gaps.__getitem__), gaps
 
 
 class EraseAnything(ErasureMethod):
