@@ -214,10 +214,21 @@ def mentions(prompt: str, phrases: list[str]) -> bool:
 # instead would shift every later token (the encoders run without a mask, so even padding states move) and the
 # differences would then carry the whole sentence, not the concept.
 NEUTRAL: dict[str, str] = {"object": "thing", "style": "art", "attribute": "the"}
+# Other generic words for "an object": a model may draw one of them differently from its prior shape, which it may
+# draw for "thing" too. The trained methods measure them on the model at hand (`eraseanything.method.measured_anchor`);
+# a style's or attribute's neutral word has no generic alternative.
+NEUTRAL_ALTERNATES: dict[str, tuple[str, ...]] = {"object": ("object", "item")}
 
 
-def neutral_anchor(phrase: str, kind: str) -> str:
-    return " ".join([NEUTRAL[kind]] * len(phrase.split()))
+def neutral_anchor(phrase: str, kind: str, word: str | None = None) -> str:
+    """The neutral placeholder for a phrase: `word` (default: the kind's neutral word) once per word of the phrase,
+    so the anchor prompt lines up with the erase prompt position by position."""
+    return " ".join([word or NEUTRAL[kind]] * len(phrase.split()))
+
+
+def neutral_candidates(kind: str) -> tuple[str, ...]:
+    """The neutral words a concept of this kind may be anchored on, the default first."""
+    return (NEUTRAL[kind], *NEUTRAL_ALTERNATES.get(kind, ()))
 
 
 def erase_and_anchor_prompts(phrasings: list[str], kind: str, anchor: str | None) -> tuple[list[str], list[str]]:

@@ -161,32 +161,25 @@ def drift(trainer: Any, probe: KeepProbe) -> float:
 
 
 class Controller:
-    """Chooses the anchor and eta from the model's own velocities before training, then every `check_every` steps
-    measures survival and drift: stops once the concept is gone, doubles the preservation weight when what must be
-    kept moves. Its choices live on the trainer (`eta`, `lambda_preserve`, `anchor`, `done`) and are checkpointed;
-    what it measured goes to `trainer.measured` (the artifact's stats)."""
+    """Chooses eta from the gap of the job's anchor (chosen before the trainer exists: `method.measured_anchor`)
+    before training, then every `check_every` steps measures survival and drift: stops once the concept is gone,
+    doubles the preservation weight when what must be kept moves. Its choices live on the trainer (`eta`,
+    `lambda_preserve`, `done`) and are checkpointed; what it measured goes to `trainer.measured` (the artifact's
+    stats)."""
 
     def __init__(self, trainer: Any) -> None:
         cfg = trainer.cfg
         self.trainer, self.every = trainer, cfg.check_every
         self.cap = cfg.max_steps or 2 * cfg.steps
-        if not trainer.measured:  # a resumed run has its choices in the checkpoint
-            self._choose()
         self.probe = concept_probe(trainer)
+        if not trainer.measured:  # a resumed run has its choices in the checkpoint
+            self._choose(round(self.probe.gap, 5))
         self.keep = keep_probe(trainer)
 
-    def _choose(self) -> None:
+    def _choose(self, gap: float) -> None:
         t, cfg = self.trainer, self.trainer.cfg
-        with t.lora.switched(False):
-            words = [t.anchor, *t.anchor_choices]
-            gaps = anchor_gaps(t.pipe, t.ops, t.prompts, t.keyword, words, cfg.sample_steps, t.size)
-        # The anchor the model draws most differently from the concept: ESD toward an anchor that itself draws the
-        # concept (the world's prior shape) would leave it in place.
-        t.anchor = max(gaps, key=gaps.__getitem__)
-        gap = gaps[t.anchor]
         t.eta = strength_for(gap, cfg.push, cfg.eta)
         t.measured = {
-            "anchor_gaps": gaps,
             "anchor": t.anchor,
             "gap": gap,
             # The anchor's contrast is too small for the configured eta to reach `push`: pushed further past it.

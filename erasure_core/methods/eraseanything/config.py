@@ -48,8 +48,9 @@ class EraseAnythingConfig(BaseModel):
         eta: ESD negative-guidance strength (1.0).
         anchor_in_prompt: where ESD's anchor velocity v0 comes from. False (published): the anchor prompt alone
             ("" unless the caller names an anchor). True (this project): the concept prompt with the concept word
-            replaced by the anchor (the caller's, or a neutral "thing" for objects), so the target removes only the
-            concept and keeps the prompt's colour and context, which changes other prompts less.
+            replaced by the anchor (the caller's; for objects otherwise "thing", "object" or "item", whichever the
+            model draws most differently from the concept: `method.measured_anchor`), so the target removes only
+            the concept and keeps the prompt's colour and context, which changes other prompts less.
         lambda_esd, lambda_attn, lambda_fm, lambda_nce: loss weights (1, 0.001, 0.1, 0.1).
         tau: InfoNCE temperature (0.07).
         sample_steps: Euler steps of the schedule x_t is sampled from (28).

@@ -9,7 +9,14 @@ from typing import Any
 
 from erasure_core.artifacts import ErasureArtifact, LowRankDelta
 from erasure_core.checkpoints import CheckpointStore
-from erasure_core.concepts import TEMPLATES, ConceptSpec, fill, neutral_anchor, preserve_prompts
+from erasure_core.concepts import (
+    TEMPLATES,
+    ConceptSpec,
+    fill,
+    neutral_anchor,
+    neutral_candidates,
+    preserve_prompts,
+)
 from erasure_core.errors import InvalidConfigError
 from erasure_core.methods.base import ErasureMethod, MethodContext, Progress
 from erasure_core.methods.common import expand
@@ -19,9 +26,6 @@ from erasure_core.methods.eraseanything.temporal import frame_residuals
 from erasure_core.methods.eraseanything.trainer import EraseAnythingTrainer
 
 logger = logging.getLogger(__name__)
-
-# Generic words for "an object" a model may draw differently from its prior (see `calibrate.Controller._choose`).
-NEUTRAL_ALTERNATES = ("object", "item")
 
 
 def pick_preserve(ctx: MethodContext, spec: ConceptSpec, phrasings: list[str], cfg: EraseAnythingConfig) -> list[str]:
@@ -38,29 +42,18 @@ def pick_preserve(ctx: MethodContext, spec: ConceptSpec, phrasings: list[str], c
     return chosen
 
 
-def alternate_anchors(spec: ConceptSpec) -> tuple[str, ...]:
-    """Other neutral words the adaptive run may anchor on when the default one draws the concept (objects only: a
-    style's or attribute's neutral word has no generic alternative)."""
-    if spec.kind != "object":
-        return ()
-    n = len(spec.concept.split())
-    return tuple(" ".join([w] * n) for w in NEUTRAL_ALTERNATES)
-
-
 def measured_anchor(
     ctx: MethodContext, spec: ConceptSpec, cfg: EraseAnythingConfig, prompts: list[str]
 ) -> tuple[str, dict[str, float]]:
     """The word that replaces the concept in its own prompts, and what was measured to choose it: the caller's anchor
-    when named; else, of the neutral words (`alternate_anchors`), the one the model at hand draws most differently
-    from the concept (`calibrate.anchor_gaps`), with every word's gap. The default neutral word may draw the concept
-    itself (a world's prior shape: on the fills world "a thing" draws a star in half its samples), and a job anchored
-    there pulls the concept back toward itself. No gaps when there is nothing to choose (a named anchor, a style or
-    attribute, or no `anchor_in_prompt`)."""
-    default = spec.anchor or neutral_anchor(spec.concept, spec.kind)
-    choices = alternate_anchors(spec)
-    if spec.anchor is not None or not cfg.anchor_in_prompt or not choices:
-        return default, {}
-    words = [default, *choices]
+    when named; else, of the neutral words (`concepts.neutral_candidates`), the one the model at hand draws most
+    differently from the concept (`calibrate.anchor_gaps`), with every word's gap. The default neutral word may draw
+    the concept itself (a world's prior shape: on the fills world "a thing" draws a star in half its samples), and a
+    job anchored there pulls the concept back toward itself. No gaps when there is nothing to choose (a named anchor,
+    a style or attribute, or no `anchor_in_prompt`)."""
+    words = [neutral_anchor(spec.concept, spec.kind, w) for w in neutral_candidates(spec.kind)]
+    if spec.anchor is not None or not cfg.anchor_in_prompt or len(words) < 2:
+        return spec.anchor or words[0], {}
     gaps = calibrate.anchor_gaps(
         ctx.pipe, ctx.family.training, prompts, spec.concept, words, cfg.sample_steps, cfg.resolution
     )
@@ -89,17 +82,19 @@ class EraseAnything(ErasureMethod):
         started = time.perf_counter()
         phrasings = list(expand(ctx, spec).phrasings)
         prompts = [fill(t, spec.concept) for t in TEMPLATES[spec.kind] if "{}" in t]
-        if config.anchor_in_prompt:  # the word that replaces the concept in its own prompts
-            anchor = spec.anchor or neutral_anchor(spec.concept, spec.kind)
-        else:  # ESD's unconditional target unless the caller names an anchor
-            anchor = fill("{}", spec.anchor or "")
-        preserve = pick_preserve(ctx, spec, phrasings, config) if config.uses_preserve_images else None
         video = hasattr(ctx.family.training, "token_frames")
+        gaps: dict[str, float] = {}
+        if not config.anchor_in_prompt:  # ESD's unconditional target unless the caller names an anchor
+            anchor = fill("{}", spec.anchor or "")
+        elif video:  # the word that replaces the concept in its own prompts (video: not measured yet)
+            anchor = spec.anchor or neutral_anchor(spec.concept, spec.kind)
+        else:
+            anchor, gaps = measured_anchor(ctx, spec, config, prompts)
+        preserve = pick_preserve(ctx, spec, phrasings, config) if config.uses_preserve_images else None
         # Opt-in for now: measured on three concepts only (README), and it does not yet meet the concept-only bars.
         adaptive = bool(config.adaptive) and not video
-        choices = alternate_anchors(spec) if adaptive and config.anchor_in_prompt and spec.anchor is None else ()
         trainer = EraseAnythingTrainer(
-            ctx.pipe, ctx.family, config, spec.concept, prompts, phrasings[1:], anchor, preserve, adaptive, choices
+            ctx.pipe, ctx.family, config, spec.concept, prompts, phrasings[1:], anchor, preserve, adaptive
         )
         temporal: dict[str, Any] | None = None
         try:
@@ -117,6 +112,8 @@ class EraseAnything(ErasureMethod):
         stats: dict[str, Any] = {"steps": trainer.step, "train_s": round(time.perf_counter() - started, 2)}
         if temporal is not None:
             stats["temporal"] = temporal
+        if gaps:
+            stats.update(anchor=anchor, anchor_gaps=gaps)
         if trainer.measured:  # what the job measured on the model and chose from it
             stats["adaptive"] = trainer.measured
         return ErasureArtifact(deltas, self.metadata(ctx, spec, config, phrasings, stats=stats))

@@ -162,12 +162,11 @@ class EraseAnythingTrainer:
         anchor: str,
         preserve: list[str] | None = None,
         adaptive: bool = False,
-        anchor_choices: tuple[str, ...] = (),
     ) -> None:
         self.pipe, self.ops, self.cfg = pipe, family.training, cfg
         # What the adaptive controller may change during the run (`cfg` is the request, kept as sent).
         self.eta, self.lambda_preserve, self.lr, self.done = cfg.eta, cfg.lambda_preserve, cfg.lr, False
-        self.adaptive, self.anchor_choices = adaptive, anchor_choices
+        self.adaptive = adaptive
         self.measured: dict[str, Any] = {}
         self.size = cfg.resolution  # None: the native size (a config not passed through `for_model`)
         self.keyword, self.prompts, self.synonyms, self.anchor = keyword, prompts, synonyms, anchor
