@@ -31,21 +31,14 @@ WORD_SAMPLES = 8
 def _world(name: str) -> tuple[str, Callable[[str, int], str], tuple[str, ...], dict, dict]:
     """(model source, caption(shape word, i), shapes, synonyms, held-out words) of a demo world."""
     if name == "shapes":
+        from erasure_core.worlds import shapes as sw
         from erasure_core.worlds.flux_world import assemble_flux_world
-        from erasure_core.worlds.shapes import COLOR_NAMES, HELDOUT_WORDS, SHAPES, SYNONYMS, caption
 
-        def shapes_caption(word: str, i: int) -> str:
-            return caption(word, COLOR_NAMES[i % len(COLOR_NAMES)], i % 8)
-
-        return str(assemble_flux_world(None)), shapes_caption, SHAPES, SYNONYMS, HELDOUT_WORDS
+        return str(assemble_flux_world(None)), sw.varied_caption, sw.SHAPES, sw.SYNONYMS, sw.HELDOUT_WORDS
     from erasure_core.worlds import fills as fw
     from erasure_core.worlds.fills_world import assemble_fills_world
 
-    def fills_caption(word: str, i: int) -> str:
-        colour = fw.COLOR_NAMES[i % len(fw.COLOR_NAMES)]
-        return fw.caption(word, colour, fw.FILLS[(i // len(fw.COLOR_NAMES)) % len(fw.FILLS)], i % 7)
-
-    return str(assemble_fills_world(None)), fills_caption, fw.SHAPES, fw.SYNONYMS, fw.HELDOUT_WORDS
+    return str(assemble_fills_world(None)), fw.varied_caption, fw.SHAPES, fw.SYNONYMS, fw.HELDOUT_WORDS
 
 
 def _rows(concept: str, caption: Callable[[str, int], str], shapes, synonyms, heldout) -> list[tuple[str, str, str]]:

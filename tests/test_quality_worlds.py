@@ -72,14 +72,8 @@ def test_the_strength_stops_where_more_buys_little(cache_dir) -> None:
     quality_world = WORLDS["fills"]()
     engine = load_engine("flux", quality_world.model_source(cache_dir), device="cpu", cache_dir=cache_dir)
 
-    def captions(word: str, n: int) -> list[str]:
-        colours, styles = fills.COLOR_NAMES, fills.FILLS
-        return [
-            fills.caption(word, colours[i % len(colours)], styles[(i // len(colours)) % len(styles)], i % 7)
-            for i in range(n)
-        ]
-
-    prompts = captions("crescent", 24) + captions("heart", 36)
+    prompts = [fills.varied_caption("crescent", i) for i in range(24)]
+    prompts += [fills.varied_caption("heart", i) for i in range(36)]
     seeds = list(range(7000, 7000 + len(prompts)))
     base = quality_world.judge(engine_generator(engine)(prompts, seeds))["shape"]
     artifact = engine.erase(ConceptSpec(concept="crescent", expand=True))

@@ -148,6 +148,13 @@ def caption(shape_word: str, color: str, fill: str, template: int = 0, by_artist
     return FILL_TEMPLATES[template % len(FILL_TEMPLATES)].format(shape=shape_word, color=color, fill=fill)
 
 
+def varied_caption(shape_word: str, i: int) -> str:
+    """The i-th of a run of captions of one word that goes through every colour, fill and template (periods 5, 25
+    and 7; the seventh template index wraps to the first): the benches' and tests' larger samples."""
+    colour, fill = COLOR_NAMES[i % len(COLOR_NAMES)], FILLS[(i // len(COLOR_NAMES)) % len(FILLS)]
+    return caption(shape_word, colour, fill, i % 7)
+
+
 def all_captions() -> list[str]:
     """Every caption the training data can contain (used to pre-encode text once, and by the held-out checks)."""
     out: set[str] = set()

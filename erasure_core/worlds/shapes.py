@@ -82,6 +82,12 @@ def caption(shape_word: str, color: str, template: int = 0) -> str:
     return TEMPLATES[template % len(TEMPLATES)].format(shape=shape_word, color=color)
 
 
+def varied_caption(shape_word: str, i: int) -> str:
+    """The i-th of a run of captions of one word that goes through every colour and template: the benches' and tests'
+    larger samples."""
+    return caption(shape_word, COLOR_NAMES[i % len(COLOR_NAMES)], i % len(TEMPLATES))
+
+
 def all_captions() -> list[str]:
     """Every caption the training data can contain (used to pre-encode text once)."""
     return sorted(
