@@ -150,6 +150,7 @@ class Settings(BaseSettings):
     # Runtime.
     adapter_cache_bytes: int = Field(default=2 * 1024**3, ge=1)
     max_queue: int = Field(default=256, ge=1)
+    # Requests the active erasure set may run ahead of an older request of another set, per turn (scheduler).
     max_skips: int = Field(default=8, ge=0)
     warmup: bool = True
 
