@@ -5,7 +5,7 @@ same set swaps once. The active set keeps the worker for at most `max_skips` req
 another set waits; then the worker turns to the oldest request's set (bounded unfairness, like Ray Serve's
 multiplexing timeout). The bound is per turn, not per request: counted per request, every request near the head of
 a full queue runs out of skips at once and the worker falls back to arrival order, swapping on nearly every request
-(a queue of 72 requests over 8 sets swapped 30-42 times; by turns, 9-12).
+(queues of 72 requests over 8 sets swapped 26-42 times; by turns, 9-12).
 
 Requests are never batched together: each runs alone with exactly its own set, so its image bytes are the same
 whether it runs alone or among many. A full queue refuses new requests at once (`OverloadedError`, HTTP 429) rather
