@@ -50,9 +50,10 @@ def measured_anchor(
     differently from the concept (`calibrate.anchor_gaps`), with every word's gap. The default neutral word may draw
     the concept itself (a world's prior shape: on the fills world "a thing" draws a star in half its samples), and a
     job anchored there pulls the concept back toward itself. No gaps when there is nothing to choose (a named anchor,
-    a style or attribute, or no `anchor_in_prompt`)."""
+    a style or attribute, or no `anchor_in_prompt`) or on video models (not measured there yet)."""
     words = [neutral_anchor(spec.concept, spec.kind, w) for w in neutral_candidates(spec.kind)]
-    if spec.anchor is not None or not cfg.anchor_in_prompt or len(words) < 2:
+    video = hasattr(ctx.family.training, "token_frames")
+    if spec.anchor is not None or not cfg.anchor_in_prompt or len(words) < 2 or video:
         return spec.anchor or words[0], {}
     gaps = calibrate.anchor_gaps(
         ctx.pipe, ctx.family.training, prompts, spec.concept, words, cfg.sample_steps, cfg.resolution
@@ -82,14 +83,10 @@ class EraseAnything(ErasureMethod):
         started = time.perf_counter()
         phrasings = list(expand(ctx, spec).phrasings)
         prompts = [fill(t, spec.concept) for t in TEMPLATES[spec.kind] if "{}" in t]
+        word, gaps = measured_anchor(ctx, spec, config, prompts)
+        # The word that replaces the concept in its own prompts, else ESD's unconditional target (the caller's anchor).
+        anchor = word if config.anchor_in_prompt else fill("{}", spec.anchor or "")
         video = hasattr(ctx.family.training, "token_frames")
-        gaps: dict[str, float] = {}
-        if not config.anchor_in_prompt:  # ESD's unconditional target unless the caller names an anchor
-            anchor = fill("{}", spec.anchor or "")
-        elif video:  # the word that replaces the concept in its own prompts (video: not measured yet)
-            anchor = spec.anchor or neutral_anchor(spec.concept, spec.kind)
-        else:
-            anchor, gaps = measured_anchor(ctx, spec, config, prompts)
         preserve = pick_preserve(ctx, spec, phrasings, config) if config.uses_preserve_images else None
         # Opt-in for now: measured on three concepts only (README), and it does not yet meet the concept-only bars.
         adaptive = bool(config.adaptive) and not video
