@@ -146,15 +146,18 @@ def test_tenancy_and_unknown_ids(server: LiveServer) -> None:
 def test_a_client_that_leaves_leaves_no_stream(server: LiveServer) -> None:
     streams = server.app.state.events
     assert settles(lambda: streams.open_streams == 0, timeout=30)  # an earlier test's client may still be leaving
-    with server.client(ALICE) as client:
-        body = {"concept": "star", "method": "eraseanything", "options": {**FAST_JOB, "steps": 500}}
+    # The test holds the pipeline's erase lock, so the job waits to train: it can neither finish nor fail while the
+    # stream is open, and no training competes with the server's loop for the CPU.
+    erase_lock = server.runtime.pool.get("flux").erase_lock
+    with server.client(ALICE) as client, erase_lock:
+        body = {"concept": "star", "method": "eraseanything", "options": FAST_JOB}
         erasure_id = client.post("/v1/erasures", json=body).json()["id"]
         with client.stream("GET", f"/v1/erasures/{erasure_id}/events") as response:
             assert any(line.startswith("event: erasure") for line in response.iter_lines())
-            # Generous, like the waits around it: a training job shares the CPU with the server's loop.
-            assert settles(lambda: streams.open_streams == 1, timeout=30)
+            held = settles(lambda: streams.open_streams == 1, timeout=30)
+            assert held, (streams.open_streams, client.get(f"/v1/erasures/{erasure_id}").json())
         assert settles(lambda: streams.open_streams == 0, timeout=30)  # the server noticed and ended it
-        # Cancelling ends the stream of a job that would otherwise run for minutes.
+        # Cancelling ends the stream of a job that has not finished.
         assert client.delete(f"/v1/erasures/{erasure_id}").json()["status"] == "cancelled"
         events, _ = stream(client, erasure_id)
         assert events[-1]["data"] == {"reason": "finished", "status": "cancelled"}
