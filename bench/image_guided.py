@@ -2,6 +2,7 @@
 
 Usage: python bench/image_guided.py [--worlds shapes fills] [--methods co-erasing bi-erasing]
                                     [--images generated uploaded] [--anchor circle:heart] [--seeds 2] [--threads 1]
+                                    [--options JSON]
 Per world (shapes: triangle; fills: star), method and image source ("generated": the job draws its references;
 "uploaded": 8 renders of the shape given as `reference_images`, as a caller would upload them), with only the
 concept named: the groups of `erasure_core.worlds.quality` (target, synonym = unnamed in-training synonyms,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import json
 import logging
 import time
 from typing import Any
@@ -50,7 +52,14 @@ def renders(world: str, shape: str, n: int = 8, size: int = 32) -> list[str]:
     return out
 
 
-def run_world(name: str, methods: list[str], sources: list[str], anchor: str | None, seeds: int) -> dict[str, Any]:
+def run_world(
+    name: str,
+    methods: list[str],
+    sources: list[str],
+    anchor: str | None,
+    seeds: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     from erasure_core.concepts import ConceptSpec
     from erasure_core.models import load_engine
     from erasure_core.worlds.evaluation import engine_generator
@@ -68,7 +77,7 @@ def run_world(name: str, methods: list[str], sources: list[str], anchor: str | N
     if anchor:
         runs.append(("bi-erasing", "generated", anchor))
     for method, source, named in runs:
-        options: dict[str, Any] = {"preset": "cpu"}
+        options: dict[str, Any] = {"preset": "cpu", **(extra or {})}
         if source == "uploaded":
             options["reference_images"] = renders(name, case.value)
         spec = ConceptSpec(concept=case.concept, kind=case.kind, anchor=named)
@@ -102,11 +111,14 @@ def main() -> None:
     parser.add_argument("--anchor", default="circle:heart", help="shapes:fills anchors for the named-anchor run")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--options", type=json.loads, default={}, help="JSON options for every job")
     args = parser.parse_args()
     anchors = dict(zip(("shapes", "fills"), args.anchor.split(":"), strict=True)) if args.anchor else {}
     run(
-        {"seeds_per_prompt": args.seeds},
-        lambda: {w: run_world(w, args.methods, args.images, anchors.get(w), args.seeds) for w in args.worlds},
+        {"seeds_per_prompt": args.seeds, "options": args.options},
+        lambda: {
+            w: run_world(w, args.methods, args.images, anchors.get(w), args.seeds, args.options) for w in args.worlds
+        },
         args.threads,
         None,
     )

@@ -1,7 +1,8 @@
 """Quality table: every demo world x concept x method, judged, with only the concept named and default settings.
 
 Usage: python bench/quality.py [--worlds shapes fills] [--methods none uce ice] [--concepts triangle red ...]
-                               [--seeds 2] [--threads 1] [--plain] [--out quality.json]
+                               [--seeds 2] [--threads 1] [--plain] [--options JSON]
+                               [--out quality.json]
 Prints one JSON object (and writes it to --out): per world and concept, per method, the judged rates of the groups
 of `erasure_core.worlds.quality` (target, synonym = unnamed in-training synonyms, heldout_word, heldout_template,
 other), the worst and per-value change of the concept's other values in points, the change of the other factors,
@@ -11,6 +12,7 @@ and the seconds the erasure took; then per world and method the means. Methods: 
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import time
@@ -29,7 +31,12 @@ METHODS: dict[str, tuple[str, dict[str, Any], bool]] = {
 
 
 def run_world(
-    name: str, methods: list[str], concepts: list[str] | None, seeds: int, plain: bool = False
+    name: str,
+    methods: list[str],
+    concepts: list[str] | None,
+    seeds: int,
+    plain: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from erasure_core.concepts import ConceptSpec
     from erasure_core.worlds.evaluation import engine_generator
@@ -48,7 +55,7 @@ def run_world(
             method, options, expand = METHODS[label]
             started = time.perf_counter()
             spec = ConceptSpec(concept=case.concept, kind=case.kind, expand=expand)
-            artifact = engine.erase(spec, method=method, options=options)
+            artifact = engine.erase(spec, method=method, options={**options, **(extra or {})})
             seconds = time.perf_counter() - started
             engine.attach(f"{label}-{case.concept}", artifact)
             erased = judged(world, engine_generator(engine, [f"{label}-{case.concept}"]), samples)
@@ -91,10 +98,15 @@ def main() -> None:
         help="serve the shapes world as an ordinary folder, without its bundled preserve corpus (as the fills world "
         "always is): a model the project has never seen",
     )
+    parser.add_argument(
+        "--options", type=json.loads, default={}, help="JSON options for every erasure (e.g. '{\"steps\": 600}')"
+    )
     args = parser.parse_args()
     run(
-        {"methods": args.methods, "seeds_per_prompt": args.seeds, "plain": args.plain},
-        lambda: {w: run_world(w, args.methods, args.concepts, args.seeds, args.plain) for w in args.worlds},
+        {"methods": args.methods, "seeds_per_prompt": args.seeds, "plain": args.plain, "options": args.options},
+        lambda: {
+            w: run_world(w, args.methods, args.concepts, args.seeds, args.plain, args.options) for w in args.worlds
+        },
         args.threads,
         args.out,
     )
