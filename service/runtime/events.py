@@ -151,6 +151,9 @@ class ErasureEventStream:
             yield RETRY
             async for chunk in self._chunks(disconnected):
                 yield chunk
+        except Exception:
+            logger.exception("event stream for %s failed", self.erasure_id)  # the client sees the stream cut
+            raise
         finally:
             self.streams._live.discard(self)
             logger.debug("event stream for %s closed (%d open)", self.erasure_id, self.streams.open_streams)
