@@ -81,6 +81,11 @@ class ModelFamily:
     encode_tokens: Callable[[Any, list[str], int], torch.Tensor] | None = None
 
     @property
+    def video(self) -> bool:
+        """Whether the family generates clips: its training ops map latent tokens to frames (`token_frames`)."""
+        return hasattr(self.training, "token_frames")
+
+    @property
     def edited_layers(self) -> tuple[str, ...]:
         return tuple(layer for space in self.text_spaces for layer in space.layers)
 

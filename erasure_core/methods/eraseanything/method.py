@@ -52,8 +52,7 @@ def measured_anchor(
     job anchored there pulls the concept back toward itself. No gaps when there is nothing to choose (a named anchor,
     a style or attribute, or no `anchor_in_prompt`) or on video models (not measured there yet)."""
     words = [neutral_anchor(spec.concept, spec.kind, w) for w in neutral_candidates(spec.kind)]
-    video = hasattr(ctx.family.training, "token_frames")
-    if spec.anchor is not None or not cfg.anchor_in_prompt or len(words) < 2 or video:
+    if spec.anchor is not None or not cfg.anchor_in_prompt or len(words) < 2 or ctx.family.video:
         return spec.anchor or words[0], {}
     gaps = calibrate.anchor_gaps(
         ctx.pipe, ctx.family.training, prompts, spec.concept, words, cfg.sample_steps, cfg.resolution
@@ -86,7 +85,7 @@ class EraseAnything(ErasureMethod):
         word, gaps = measured_anchor(ctx, spec, config, prompts)
         # The word that replaces the concept in its own prompts, else ESD's unconditional target (the caller's anchor).
         anchor = word if config.anchor_in_prompt else fill("{}", spec.anchor or "")
-        video = hasattr(ctx.family.training, "token_frames")
+        video = ctx.family.video
         preserve = pick_preserve(ctx, spec, phrasings, config) if config.uses_preserve_images else None
         # Opt-in for now: measured on three concepts only (README), and it does not yet meet the concept-only bars.
         adaptive = bool(config.adaptive) and not video

@@ -52,7 +52,7 @@ class ICE(ErasureMethod):
         probe = self._probe(ctx, spec, config, phrasings, found.neighbours)
         # The ladder was measured on image models; on the video world its gentlest accepted setting left a shape in
         # 8% of one frame's samples (tests/test_video_erasure.py), so video keeps the fixed strength for now.
-        video = hasattr(ctx.family.training, "token_frames")
+        video = ctx.family.video
         settings = config.settings(spec, measurable=probe is not None and not video)
         problems = self._problems(ctx, rows, config, len(phrasings))
         tried = []
