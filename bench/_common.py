@@ -33,6 +33,11 @@ def world_engine(name: str, plain: bool = False) -> tuple[Any, Any]:
 SHAPES_HELP = "only these shapes (default: every shape)"
 
 
+def add_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--options JSON`: method options added to every erasure the bench makes (over its own defaults)."""
+    parser.add_argument("--options", type=json.loads, default={}, help=f"{what} options as JSON (default: none)")
+
+
 def world_parser(doc: str | None, concepts: str = SHAPES_HELP) -> argparse.ArgumentParser:
     """A parser described by the first line of a script's docstring, with the options every per-world bench takes:
     --worlds, --concepts, --threads, --out."""

@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import logging
 import time
 from typing import Any
 
 import torch
-from _common import run
+from _common import add_options, run
 
 CONCEPTS = {"shapes": "triangle", "fills": "star"}
 
@@ -111,7 +110,7 @@ def main() -> None:
     parser.add_argument("--anchor", default="circle:heart", help="shapes:fills anchors for the named-anchor run")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--options", type=json.loads, default={}, help="JSON options for every job")
+    add_options(parser, "every job's")
     args = parser.parse_args()
     anchors = dict(zip(("shapes", "fills"), args.anchor.split(":"), strict=True)) if args.anchor else {}
     run(

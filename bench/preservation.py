@@ -15,13 +15,12 @@ the settings it tried) and the seconds the erasure took.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from _common import run, world_parser
+from _common import add_options, run, world_parser
 
 OTHER_SAMPLES = 36
 TARGET_SAMPLES = 24
@@ -112,7 +111,7 @@ def run_world(name: str, concepts: list[str] | None, expand: bool, options: dict
 def main() -> None:
     parser = world_parser(__doc__)
     parser.add_argument("--expand", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--options", type=json.loads, default={}, help="ICE options as JSON (default: none)")
+    add_options(parser, "ICE")
     args = parser.parse_args()
     run(
         {"expand": args.expand, "options": args.options},

@@ -12,13 +12,12 @@ and the seconds the erasure took; then per world and method the means. Methods: 
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import time
 from typing import Any
 
-from _common import run, world_engine, world_parser
+from _common import add_options, run, world_engine, world_parser
 
 METHODS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "uce": ("uce", {}, False),
@@ -98,9 +97,7 @@ def main() -> None:
         help="serve the shapes world as an ordinary folder, without its bundled preserve corpus (as the fills world "
         "always is): a model the project has never seen",
     )
-    parser.add_argument(
-        "--options", type=json.loads, default={}, help="JSON options for every erasure (e.g. '{\"steps\": 600}')"
-    )
+    add_options(parser, "every method's")
     args = parser.parse_args()
     run(
         {"methods": args.methods, "seeds_per_prompt": args.seeds, "plain": args.plain, "options": args.options},
