@@ -108,24 +108,70 @@ def demo_table(shapes: list[str], seeds: int, etas: list[float]) -> dict[str, ob
     return {"shapes": shapes, "seeds_per_prompt": seeds, "mean": rows, "per_shape": per_shape}
 
 
-def many_concepts(count: int = 100) -> dict[str, object]:
-    """Seconds for one ICE erasure of `count` concepts on the demo world (2 shapes + vocabulary words), warm."""
+def _world_captions(world: str, shape: str, n: int) -> list[str]:
+    """`n` captions of one shape through every colour (and, on the fills world, fill) and caption template."""
+    from erasure_core.worlds import fills, shapes
+
+    if world == "fills":
+        return [fills.varied_caption(shape, i) for i in range(n)]
+    colours = shapes.COLOR_NAMES
+    return [shapes.caption(shape, colours[i % len(colours)], (i // len(colours)) % 8) for i in range(n)]
+
+
+def _shape_rates(verdicts: dict, names: tuple[str, ...], per_shape: int) -> dict[str, float]:
+    """Each shape's judged rate over its block of `per_shape` consecutive samples."""
+    shape = verdicts["shape"]
+    return {s: sum(v == s for v in shape[k * per_shape : (k + 1) * per_shape]) / per_shape for k, s in enumerate(names)}
+
+
+def many_concepts(count: int = 100, worlds: tuple[str, ...] = ("shapes", "fills"), per_shape: int = 24) -> dict:
+    """Per demo world, one ICE erasure of `count` concepts as the service makes it (the world's first two shapes
+    plus vocabulary words it never draws, expansion on), warm: seconds (median of 3), and every shape of the world
+    judged before and after on `per_shape` captions each (fixed seeds): its rate, and the share of samples whose
+    colour (and fill) verdict the erasure changed."""
     import random
 
-    from erasure_core.concepts import ConceptSpec
-    from erasure_core.models import load_engine
+    from _common import world_engine
 
-    engine = load_engine("flux", device="cpu")
-    vocab = sorted(w for w in engine.pipe.tokenizer_2.get_vocab() if w.isalpha() and len(w) > 4)
-    random.Random(0).shuffle(vocab)
-    concepts = ["triangle", "square", *[w for w in vocab if w not in ("triangle", "square")][: count - 2]]
-    engine.prepare()  # the caches a served model fills while warming up
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        artifact = engine.erase(ConceptSpec(concept=concepts[0], also=tuple(concepts[1:]), expand=True))
-        times.append(time.perf_counter() - start)
-    return {"concepts": count, "median_s": round(statistics.median(times), 2), "stats": artifact.metadata["stats"]}
+    from erasure_core.concepts import ConceptSpec
+    from erasure_core.worlds import fills, shapes
+    from erasure_core.worlds.evaluation import engine_generator
+
+    out: dict[str, object] = {}
+    for name in worlds:
+        world, engine = world_engine(name)
+        names = shapes.SHAPES if name == "shapes" else fills.SHAPES
+        vocab = sorted(w for w in engine.pipe.tokenizer_2.get_vocab() if w.isalpha() and len(w) > 4)
+        random.Random(0).shuffle(vocab)
+        also = (names[1], *[w for w in vocab if w not in names][: count - 2])
+        spec = ConceptSpec(concept=names[0], also=also, expand=True)
+        prompts = [c for s in names for c in _world_captions(name, s, per_shape)]
+        seeds = list(range(9000, 9000 + len(prompts)))
+        base = world.judge(engine_generator(engine)(prompts, seeds))
+        engine.prepare()  # the caches a served model fills while warming up
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            artifact = engine.erase(spec)
+            times.append(time.perf_counter() - start)
+        engine.attach("many", artifact)
+        erased = world.judge(engine_generator(engine, ["many"])(prompts, seeds))
+        before, after = _shape_rates(base, names, per_shape), _shape_rates(erased, names, per_shape)
+        out[name] = {
+            "concepts": count,
+            "erased_shapes": list(names[:2]),
+            "median_s": round(statistics.median(times), 2),
+            "shape_rates": {s: [round(before[s], 3), round(after[s], 3)] for s in names},
+            "points": {s: round(100 * (after[s] - before[s]), 1) for s in names},
+            "verdicts_changed": {
+                f: round(sum(a != b for a, b in zip(base[f], erased[f], strict=True)) / len(prompts), 3)
+                for f in base
+                if f != "shape"
+            },
+            "samples_per_shape": per_shape,
+            "stats": {k: artifact.metadata["stats"].get(k) for k in ("ranks", "eta", "neighbours", "self_check")},
+        }
+    return out
 
 
 def instant(worlds: list[str]) -> dict[str, object]:
@@ -168,7 +214,9 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["circle", "square", "triangle", "cross", "diamond"])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--eta", type=float, nargs="*", default=[], help="extra ICE rows with these eta values")
-    parser.add_argument("--many", type=int, default=0, help="also time one erasure of this many concepts (100)")
+    parser.add_argument(
+        "--many", type=int, default=0, help="also time and judge one erasure of this many concepts (100) per world"
+    )
     parser.add_argument(
         "--instant",
         nargs="*",

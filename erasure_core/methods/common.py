@@ -129,6 +129,7 @@ def expand(ctx: MethodContext, spec: ConceptSpec, mine_k: int = 6) -> Mined:
         exclude=protected_words(spec, ctx.preserve_corpus),
         index=reading_index(ctx) if spec.expand else None,
         memo=velocity_memo(ctx),
+        also=spec.also,
     )
 
 
