@@ -9,13 +9,13 @@ x_{t'} = x_t + (sigma' - sigma) v, with v ~ noise - x0. `size` (square side in p
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from erasure_core.families.attention import FLUX_ROPE, capture_attention
 from erasure_core.families.base import MaxSequenceLength, NativeSize
 
 
@@ -131,57 +131,6 @@ class FluxTrainingOps:
             x = x + (sig[i + 1] - sig[i]) * self.velocity(pipe, x, s, cond, size)
         return x, sig[stop].expand(x.shape[0]).to(x)
 
-    @contextmanager
-    def capture_attention(self, pipe: Any, block: int = -1) -> Iterator[dict[str, torch.Tensor]]:
-        """Records the joint attention probabilities [B, heads, S, S] of one double-stream block (default: last).
-
-        The text tokens come first in Flux's joint sequence, so columns [:L] are attention paid to text tokens.
-        """
-        attn = pipe.transformer.transformer_blocks[block].attn
-        record: dict[str, torch.Tensor] = {}
-        original = attn.processor
-        attn.set_processor(_RecordingProcessor(record))
-        try:
-            yield record
-        finally:
-            attn.set_processor(original)
-
-
-class _RecordingProcessor:
-    """The Flux joint-attention math written out, keeping the probability matrix (for attention losses)."""
-
-    def __init__(self, record: dict[str, torch.Tensor]) -> None:
-        self.record = record
-
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: Any = None,
-    ) -> Any:
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.unflatten(-1, (-1, attn.head_dim))
-
-        q = attn.norm_q(heads(attn.to_q(hidden_states)))
-        k = attn.norm_k(heads(attn.to_k(hidden_states)))
-        v = heads(attn.to_v(hidden_states))
-        assert encoder_hidden_states is not None, "the recording processor is for double-stream blocks"
-        eq = attn.norm_added_q(heads(attn.add_q_proj(encoder_hidden_states)))
-        ek = attn.norm_added_k(heads(attn.add_k_proj(encoder_hidden_states)))
-        ev = heads(attn.add_v_proj(encoder_hidden_states))
-        q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
-        if image_rotary_emb is not None:
-            q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
-            k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, D]
-        probs = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1]), dim=-1)
-        self.record["probs"] = probs
-        out = (probs @ v).transpose(1, 2).flatten(2, 3).to(q.dtype)
-        n_txt = encoder_hidden_states.shape[1]
-        enc, img = out[:, :n_txt], out[:, n_txt:]
-        img = attn.to_out[1](attn.to_out[0](img.contiguous()))
-        return img, attn.to_add_out(enc.contiguous())
+    def capture_attention(self, pipe: Any, block: int = -1) -> AbstractContextManager[dict[str, torch.Tensor]]:
+        """Records one double-stream block's joint attention probabilities (`families.attention`)."""
+        return capture_attention(pipe, block, FLUX_ROPE)

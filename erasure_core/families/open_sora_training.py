@@ -23,14 +23,13 @@ None is the native size. Clips always have the model's native number of latent f
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from erasure_core.families.attention import OPEN_SORA_ROPE, capture_attention
 from erasure_core.families.base import MaxSequenceLength, NativeSize
 from erasure_core.families.flux_training import TextCondition
 
@@ -185,56 +184,6 @@ class OpenSoraTrainingOps:
             x = x + (sig[i + 1] - sig[i]) * self.guided_velocity(pipe, x, s, cond, negative, i, size)
         return x, sig[stop].expand(x.shape[0]).to(x)
 
-    @contextmanager
-    def capture_attention(self, pipe: Any, block: int = -1) -> Iterator[dict[str, torch.Tensor]]:
-        """Records the joint attention probabilities [B, heads, S, S] of one double-stream block (default: last).
-
-        Text tokens come first in the joint sequence (as in Open-Sora), so columns [:L] are attention to text."""
-        attn = pipe.transformer.transformer_blocks[block].attn
-        record: dict[str, torch.Tensor] = {}
-        original = attn.processor
-        attn.set_processor(_RecordingProcessor(record))
-        try:
-            yield record
-        finally:
-            attn.set_processor(original)
-
-
-class _RecordingProcessor:
-    """`OpenSoraAttnProcessor`'s math written out (rotate-half RoPE), keeping the probability matrix."""
-
-    def __init__(self, record: dict[str, torch.Tensor]) -> None:
-        self.record = record
-
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: Any = None,
-    ) -> Any:
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.unflatten(-1, (-1, attn.head_dim))
-
-        assert encoder_hidden_states is not None, "the recording processor is for double-stream blocks"
-        q = attn.norm_q(heads(attn.to_q(hidden_states)))
-        k = attn.norm_k(heads(attn.to_k(hidden_states)))
-        v = heads(attn.to_v(hidden_states))
-        eq = attn.norm_added_q(heads(attn.add_q_proj(encoder_hidden_states)))
-        ek = attn.norm_added_k(heads(attn.add_k_proj(encoder_hidden_states)))
-        ev = heads(attn.add_v_proj(encoder_hidden_states))
-        q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
-        if image_rotary_emb is not None:  # Open-Sora's rotate-half layout (unbind dim -2), not Flux's interleaved
-            q = apply_rotary_emb(q, image_rotary_emb, use_real_unbind_dim=-2, sequence_dim=1)
-            k = apply_rotary_emb(k, image_rotary_emb, use_real_unbind_dim=-2, sequence_dim=1)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, D]
-        probs = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1]), dim=-1)
-        self.record["probs"] = probs
-        out = (probs @ v).transpose(1, 2).flatten(2, 3).to(q.dtype)
-        n_txt = encoder_hidden_states.shape[1]
-        enc, img = out[:, :n_txt], out[:, n_txt:]
-        img = attn.to_out[1](attn.to_out[0](img.contiguous()))
-        return img, attn.to_add_out(enc.contiguous())
+    def capture_attention(self, pipe: Any, block: int = -1) -> AbstractContextManager[dict[str, torch.Tensor]]:
+        """Records one double-stream block's joint attention probabilities (`families.attention`)."""
+        return capture_attention(pipe, block, OPEN_SORA_ROPE)
