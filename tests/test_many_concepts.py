@@ -69,3 +69,15 @@ def test_expansion_never_holds_still_what_the_same_erasure_removes(demo_engine, 
     finally:
         demo_engine.detach("many-expanded")
     assert erased.shape_accuracy["square"] <= 1 / 12, (erased.shape_accuracy, neighbours)
+
+
+def test_the_self_check_of_many_concepts_probes_a_sample_of_all_of_them() -> None:
+    """The check's figures go into the erasure's record: for 100 concepts they must speak for the erasure, not for
+    its first concept's mined words."""
+    from erasure_core.methods.ice.selfcheck import MAX_PROBES, probe_prompts
+
+    spec = ConceptSpec(concept="triangle", also=("square", *OTHER_WORDS))
+    erase, _ = probe_prompts(spec, ["triangle", "wedge", "pyramid", *spec.also], [], [])
+    named = {p.split()[-1] for p in erase}
+    assert len(erase) == MAX_PROBES and "wedge" not in named and len(named) == MAX_PROBES, erase
+    assert named <= set(spec.concepts) and len(named & set(OTHER_WORDS[50:])) >= 4, erase  # the list's second half too

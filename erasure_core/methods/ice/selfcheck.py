@@ -186,12 +186,17 @@ MAX_PROBES = 12  # per side: enough to see the concept and its neighbours, cheap
 def probe_prompts(
     spec: Any, phrasings: Sequence[str], neighbours: Sequence[str], corpus: Sequence[str]
 ) -> tuple[list[str], list[str]]:
-    """The concept's probe prompts (each phrasing in two of its kind's templates) and the prompts to keep (each
-    neighbour, then an even sample of the preserve corpus minus anything naming the concept)."""
+    """The concept's probe prompts (each phrasing in two of its kind's templates; for an erasure of several
+    concepts, an even sample of the concepts) and the prompts to keep (each neighbour, then an even sample of the
+    preserve corpus minus anything naming the concept)."""
     from erasure_core.concepts import TEMPLATES, fill, mentions
 
     templates = TEMPLATES[spec.kind][1:3]
-    erase = [fill(t, p) for p in phrasings for t in templates][:MAX_PROBES]
+    if len(spec.concepts) > 1:  # one erasure of many: probe an even sample of its concepts, not the first one's words
+        picked = spec.concepts[:: max(1, len(spec.concepts) // MAX_PROBES)][:MAX_PROBES]
+        erase = [fill(t, c) for t in templates for c in picked][:MAX_PROBES]
+    else:
+        erase = [fill(t, p) for p in phrasings for t in templates][:MAX_PROBES]
     keep = [fill(templates[0], n) for n in neighbours]
     others = [c for c in corpus if c and not mentions(c, list(phrasings))]
     room = max(0, MAX_PROBES - len(keep))
