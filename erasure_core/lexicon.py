@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from erasure_core.paths import default_cache_dir
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_SIZE = 50_000  # frequent English words added to the vocabulary (ERASURE_LEXICON_SIZE)
@@ -90,10 +92,8 @@ def lexicon_size() -> int:
 
 def _cache_dir(root: Path | None = None) -> Path:
     """Where the lexicon caches live: `root` (the loaded model's cache folder, `ERASURE_CACHE_DIR` in the service's
-    settings) or, without one, `ERASURE_CACHE_DIR` or ~/.cache/erasure."""
-    if root is not None:
-        return Path(root)
-    return Path(os.environ.get("ERASURE_CACHE_DIR", Path.home() / ".cache" / "erasure"))
+    settings) or, without one, `paths.default_cache_dir`."""
+    return Path(root) if root is not None else default_cache_dir()
 
 
 @dataclass

@@ -34,6 +34,7 @@ LAYERS: dict[str, tuple[tuple[str, ...], ...]] = {
             "erasure_core.artifacts",
             "erasure_core.checkpoints",
             "erasure_core.media",
+            "erasure_core.paths",
         ),
         ("erasure_core.errors", "erasure_core.version", "erasure_core"),
     ),

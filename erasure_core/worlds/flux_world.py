@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from erasure_core.paths import default_cache_dir
 from erasure_core.worlds.text import DEMO_MAX_SEQUENCE_LENGTH, encoder_path
 
 logger = logging.getLogger(__name__)
@@ -84,11 +84,6 @@ def _weights_digest(root: Path) -> str:
             digest.update(path.relative_to(root).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def default_cache_dir() -> Path:
-    """Where assembled worlds are kept unless told otherwise (`ERASURE_CACHE_DIR`, else ~/.cache/erasure)."""
-    return Path(os.environ.get("ERASURE_CACHE_DIR", Path.home() / ".cache" / "erasure"))
 
 
 def _write_encoder_slot(target: Path) -> None:
