@@ -342,6 +342,6 @@ def expansion(
     seen: dict[str, None] = {}
     for phrase in phrasings:
         seen.setdefault(" ".join(phrase.split()).lower(), None)
-    erased = [*seen, *also]
+    erased = [p for p in (*seen, *also) if p]
     neighbours = tuple(n for n in mined.neighbours if not names_any(n, erased))
     return Mined(tuple(p for p in seen if p), neighbours, mined.scores)
