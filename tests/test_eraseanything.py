@@ -138,3 +138,23 @@ def test_adaptive_choices_follow_the_preset_and_explicit_options() -> None:
     assert cpu.adaptive is None and cpu.eta == 2.0  # None: off until its figures hold (method.py); opt in with true
     assert EraseAnythingConfig.model_validate({"preset": "cpu", "adaptive": False}).adaptive is False
     assert EraseAnythingConfig().max_steps is None
+
+
+def test_with_only_the_concept_named_a_neighbour_can_be_the_anchor(demo_engine) -> None:
+    """The shapes world draws circles for every neutral word (its prior shape), so a circle job anchored on one pulls
+    the concept back toward itself; the neighbours expansion finds (read near the circle, drawn differently) are
+    measured beside the neutral words, and the one the model draws most differently from the circle is the anchor."""
+    from erasure_core.concepts import TEMPLATES, fill
+    from erasure_core.methods.common import expand
+    from erasure_core.methods.eraseanything.method import measured_anchor
+
+    ctx = demo_engine.context
+    spec = ConceptSpec(concept="circle", expand=True)
+    found = expand(ctx, spec)
+    config = EraseAnythingConfig(preset="cpu").for_model(ctx.family.native_size(ctx.pipe), demo=True)
+    prompts = [fill(t, "circle") for t in TEMPLATES["object"] if "{}" in t]
+    word, gaps = measured_anchor(ctx, spec, config, prompts, found.neighbours)
+    neutral = max(gaps[w] for w in ("thing", "object", "item"))
+    assert word in found.neighbours and gaps[word] >= 2 * neutral, gaps
+    named, _ = measured_anchor(ctx, spec.model_copy(update={"anchor": "square"}), config, prompts, found.neighbours)
+    assert named == "square"  # a caller's anchor is never second-guessed

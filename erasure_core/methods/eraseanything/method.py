@@ -43,19 +43,26 @@ def pick_preserve(ctx: MethodContext, spec: ConceptSpec, phrasings: list[str], c
 
 
 def measured_anchor(
-    ctx: MethodContext, spec: ConceptSpec, cfg: EraseAnythingConfig, prompts: list[str]
+    ctx: MethodContext,
+    spec: ConceptSpec,
+    cfg: EraseAnythingConfig,
+    prompts: list[str],
+    neighbours: tuple[str, ...] = (),
 ) -> tuple[str, dict[str, float]]:
     """The word that replaces the concept in its own prompts, and what was measured to choose it: the caller's anchor
-    when named; else, of the neutral words (`concepts.neutral_candidates`), the one the model at hand draws most
+    when named; else, of the neutral words (`concepts.neutral_candidates`) and the concept's `neighbours` (what
+    expansion found the model reads near the concept and draws differently), the one the model at hand draws most
     differently from the concept (`calibrate.anchor_gaps`), with every word's gap. The default neutral word may draw
-    the concept itself (a world's prior shape: on the fills world "a thing" draws a star in half its samples), and a
-    job anchored there pulls the concept back toward itself. No gaps when there is nothing to choose (a named anchor,
-    a style or attribute, or no `anchor_in_prompt`) or on video models (not measured there yet)."""
+    the concept itself (a world's prior shape: on the fills world "a thing" draws a star in half its samples; the
+    shapes world draws circles for all three neutral words), and a job anchored there pulls the concept back toward
+    itself: anchored on "item" (gap 0.034), the shapes world's circle stayed in 78% of its samples; on its neighbour
+    "triangles" (gap 0.185), in 6%. No gaps when there is nothing to choose (a named anchor, a style or attribute, or
+    no `anchor_in_prompt`) or on video models (not measured there yet)."""
     words = [neutral_anchor(spec.concept, spec.kind, w) for w in neutral_candidates(spec.kind)]
     if spec.anchor is not None or not cfg.anchor_in_prompt or len(words) < 2 or ctx.family.video:
         return spec.anchor or words[0], {}
     gaps = calibrate.anchor_gaps(
-        ctx.pipe, ctx.family.training, prompts, spec.concept, words, cfg.sample_steps, cfg.resolution
+        ctx.pipe, ctx.family.training, prompts, spec.concept, [*words, *neighbours], cfg.sample_steps, cfg.resolution
     )
     return max(gaps, key=gaps.__getitem__), gaps
 
@@ -80,9 +87,10 @@ class EraseAnything(ErasureMethod):
         self.check_family(ctx.family)
         config = config.for_model(ctx.family.native_size(ctx.pipe), demo=ctx.model_id == "demo")
         started = time.perf_counter()
-        phrasings = list(expand(ctx, spec).phrasings)
+        found = expand(ctx, spec)
+        phrasings = list(found.phrasings)
         prompts = [fill(t, spec.concept) for t in TEMPLATES[spec.kind] if "{}" in t]
-        word, gaps = measured_anchor(ctx, spec, config, prompts)
+        word, gaps = measured_anchor(ctx, spec, config, prompts, found.neighbours)
         # The word that replaces the concept in its own prompts, else ESD's unconditional target (the caller's anchor).
         anchor = word if config.anchor_in_prompt else fill("{}", spec.anchor or "")
         video = ctx.family.video
