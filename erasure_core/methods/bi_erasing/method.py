@@ -8,10 +8,10 @@ Here (see `co_erasing.method` for how images enter the Flux MMDiT): the negative
 positive branch trains the concept's prompt, on an anchor image's flow path, to give the anchor image's velocity
 inside the anchor's mask and the frozen anchor prompt's velocity outside it (`bi_erasing.trainer`). Positive images
 are uploaded (`positive_images`) or drawn by the base pipeline from the concept's prompts with the anchor in its
-place: the caller's `anchor`, else the neutral word ("thing", "object", "item") the model draws most differently
-from the concept (`eraseanything.method.measured_anchor`). Masks are uploaded or come from the frozen model's
-attention to the concept's (negative) and the anchor's (positive) tokens; no external segmenter. The paper's
-IP-Adapter channels and its exact loss weights are not reproduced (its code is not public).
+place: the caller's `anchor`, else the neutral word ("thing", "object", "item") or mined neighbour the model draws
+most differently from the concept (`eraseanything.method.measured_anchor`). Masks are uploaded or come from the
+frozen model's attention to the concept's (negative) and the anchor's (positive) tokens; no external segmenter. The
+paper's IP-Adapter channels and its exact loss weights are not reproduced (its code is not public).
 """
 
 from __future__ import annotations

@@ -88,9 +88,10 @@ class CoErasing(ErasureMethod):
         self.check_family(ctx.family)
         config = config.for_model(ctx.family.native_size(ctx.pipe), demo=ctx.model_id == "demo")
         started = time.perf_counter()
-        phrasings = list(expand(ctx, spec).phrasings)
+        found = expand(ctx, spec)
+        phrasings = list(found.phrasings)
         prompts = [fill(t, spec.concept) for t in TEMPLATES[spec.kind] if "{}" in t]
-        word, gaps = measured_anchor(ctx, spec, config, prompts)
+        word, gaps = measured_anchor(ctx, spec, config, prompts, found.neighbours)
         anchor = word if config.anchor_in_prompt else fill("{}", spec.anchor or "")
         preserve = pick_preserve(ctx, spec, phrasings, config) if config.uses_preserve_images else None
         trainer = self.trainer_cls(
