@@ -108,16 +108,6 @@ def demo_table(shapes: list[str], seeds: int, etas: list[float]) -> dict[str, ob
     return {"shapes": shapes, "seeds_per_prompt": seeds, "mean": rows, "per_shape": per_shape}
 
 
-def _world_captions(world: str, shape: str, n: int) -> list[str]:
-    """`n` captions of one shape through every colour (and, on the fills world, fill) and caption template."""
-    from erasure_core.worlds import fills, shapes
-
-    if world == "fills":
-        return [fills.varied_caption(shape, i) for i in range(n)]
-    colours = shapes.COLOR_NAMES
-    return [shapes.caption(shape, colours[i % len(colours)], (i // len(colours)) % 8) for i in range(n)]
-
-
 def _shape_rates(verdicts: dict, names: tuple[str, ...], per_shape: int) -> dict[str, float]:
     """Each shape's judged rate over its block of `per_shape` consecutive samples."""
     shape = verdicts["shape"]
@@ -140,12 +130,13 @@ def many_concepts(count: int = 100, worlds: tuple[str, ...] = ("shapes", "fills"
     out: dict[str, object] = {}
     for name in worlds:
         world, engine = world_engine(name)
-        names = shapes.SHAPES if name == "shapes" else fills.SHAPES
+        data = shapes if name == "shapes" else fills  # each world's shapes and its run of varied captions
+        names = data.SHAPES
         vocab = sorted(w for w in engine.pipe.tokenizer_2.get_vocab() if w.isalpha() and len(w) > 4)
         random.Random(0).shuffle(vocab)
         also = (names[1], *[w for w in vocab if w not in names][: count - 2])
         spec = ConceptSpec(concept=names[0], also=also, expand=True)
-        prompts = [c for s in names for c in _world_captions(name, s, per_shape)]
+        prompts = [data.varied_caption(s, i) for s in names for i in range(per_shape)]
         seeds = list(range(9000, 9000 + len(prompts)))
         base = world.judge(engine_generator(engine)(prompts, seeds))
         engine.prepare()  # the caches a served model fills while warming up
